@@ -1,0 +1,39 @@
+"""qwen3guard: safety guardrails backed by the Qwen3Guard models."""
+
+from .errors import (
+    GuardOutputError,
+    GuardUnavailableError,
+    InvalidInputError,
+    ModelFormatError,
+    Qwen3GuardError,
+    Qwen3GuardViolation,
+    UnsafeContentError,
+)
+from .guard import Qwen3Guard, get_default_guard, set_default_guard
+from .policy import Decision, Policy, Surface, SurfaceRule
+from .verdict import Category, RiskLevel, Role, Verdict, parse_gen_output
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Category",
+    "Decision",
+    "GuardOutputError",
+    "GuardUnavailableError",
+    "InvalidInputError",
+    "ModelFormatError",
+    "Policy",
+    "Qwen3Guard",
+    "Qwen3GuardError",
+    "Qwen3GuardViolation",
+    "RiskLevel",
+    "Role",
+    "Surface",
+    "SurfaceRule",
+    "UnsafeContentError",
+    "Verdict",
+    "get_default_guard",
+    "parse_gen_output",
+    "set_default_guard",
+    "__version__",
+]

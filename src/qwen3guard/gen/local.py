@@ -1,0 +1,183 @@
+"""Qwen3Guard-Gen in process, on transformers (CPU or GPU).
+
+Batched greedy generation with left padding and a small token budget for the verdict. All
+model calls go through one micro-batcher thread: concurrent callers (threads or tasks) are
+batched together and never share state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..batching import MicroBatcher
+from ..messages import Message
+from ..windows import window_conversation
+from .base import GenBackend
+from .tokenize import ConversationEncoder
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device_dtype(device: str | None, dtype: Any) -> tuple[str, Any]:
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is None or dtype == "auto":
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    elif isinstance(dtype, str):
+        try:
+            dtype = getattr(torch, dtype.replace("torch.", ""))
+        except AttributeError as exc:
+            raise ValueError(f"unknown dtype {dtype!r}") from exc
+    return device, dtype
+
+
+class TransformersGenBackend(GenBackend):
+    name = "transformers"
+
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        device: str | None = None,
+        dtype: Any = None,
+        max_new_tokens: int = 64,
+        max_batch_size: int = 32,
+        max_context_tokens: int | None = None,
+        batch_wait_s: float = 0.002,
+        tokenizer: Any = None,
+        model: Any = None,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ..stream.modeling import check_gen_checkpoint
+
+        self.model_id = str(model_id)
+        self.device, self.dtype = resolve_device_dtype(device, dtype)
+        if model is None:
+            check_gen_checkpoint(self.model_id)
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(self.model_id)
+        self.model = model or AutoModelForCausalLM.from_pretrained(self.model_id, dtype=self.dtype)
+        self.model.to(self.device).eval()
+        self.encoder = ConversationEncoder(self.tokenizer)
+        self.max_new_tokens = max_new_tokens
+        cfg_ctx = getattr(self.model.config, "max_position_embeddings", None) or 32768
+        self.max_context_tokens = min(max_context_tokens or cfg_ctx, cfg_ctx)
+        self.eos_ids = self._eos_ids()
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.eos_ids[0]
+        self._torch = torch
+        self._batcher: MicroBatcher[list[int], str] = MicroBatcher(
+            self._generate_batch, max_batch=max_batch_size, max_wait_s=batch_wait_s,
+            name="qwen3guard-gen",
+        )
+
+    # -- public backend API --------------------------------------------------------------
+
+    def generate(self, conversations: Sequence[Sequence[Message]]) -> list[str | BaseException]:
+        prepared = [self._prepare(c) for c in conversations]
+        futures = self._batcher.submit_many([p for p in prepared if isinstance(p, list)])
+        it = iter(futures)
+        out: list[str | BaseException] = []
+        for p in prepared:
+            if isinstance(p, BaseException):
+                out.append(p)
+                continue
+            fut = next(it)
+            try:
+                out.append(fut.result())
+            except Exception as exc:  # noqa: BLE001 - handed to the caller of this item
+                out.append(exc)
+        return out
+
+    async def agenerate(
+        self, conversations: Sequence[Sequence[Message]]
+    ) -> list[str | BaseException]:
+        import asyncio
+
+        prepared = [self._prepare(c) for c in conversations]
+        futures = self._batcher.submit_many([p for p in prepared if isinstance(p, list)])
+        results = await asyncio.gather(
+            *(asyncio.wrap_future(f) for f in futures), return_exceptions=True
+        )
+        it = iter(results)
+        return [p if isinstance(p, BaseException) else next(it) for p in prepared]
+
+    def split_windows(self, conversation: Sequence[Message]) -> list[list[Message]]:
+        empty = [{"role": m["role"], "content": ""} for m in conversation]
+        overhead = len(self.encoder.encode(empty))
+        budget = self.max_context_tokens - overhead - self.max_new_tokens - 8
+        if budget < 64:
+            raise ValueError(
+                f"max_context_tokens={self.max_context_tokens} leaves no room for content "
+                f"(the template alone takes {overhead} tokens)"
+            )
+        return window_conversation(conversation, token_ends=self.encoder.token_ends, budget=budget)
+
+    def close(self) -> None:
+        self._batcher.close()
+
+    @property
+    def batches_run(self) -> int:
+        return self._batcher.batches_run
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _eos_ids(self) -> list[int]:
+        ids: list[int] = []
+        for source in (getattr(self.model, "generation_config", None), self.model.config):
+            eos = getattr(source, "eos_token_id", None)
+            for i in eos if isinstance(eos, (list, tuple)) else [eos]:
+                if i is not None and i not in ids:
+                    ids.append(int(i))
+        im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id and im_end not in ids:
+            ids.append(im_end)
+        if not ids:
+            raise ValueError("the Gen checkpoint names no end-of-sequence token")
+        return ids
+
+    def _prepare(self, conversation: Sequence[Message]) -> list[int] | BaseException:
+        try:
+            ids = self.encoder.encode(conversation)
+        except Exception as exc:  # noqa: BLE001
+            return exc
+        if len(ids) + self.max_new_tokens > self.max_context_tokens:
+            return ValueError(
+                f"conversation is {len(ids)} tokens, over the context of "
+                f"{self.max_context_tokens}; split it with split_windows() first"
+            )
+        return ids
+
+    def _generate_batch(self, batch: list[list[int]]) -> list[str]:
+        torch = self._torch
+        t0 = time.perf_counter()
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):  # left padding: every prompt ends at the last column
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention[row, width - len(ids):] = 1
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention.to(self.device),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.pad_id,
+            )
+        texts = []
+        stop = set(self.eos_ids) | {self.pad_id}
+        for row in out[:, width:].tolist():
+            cut = next((i for i, t in enumerate(row) if t in stop), len(row))
+            texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=False))
+        log.debug("gen batch of %d in %.3fs", len(batch), time.perf_counter() - t0)
+        return texts

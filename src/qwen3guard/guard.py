@@ -1,0 +1,369 @@
+"""Qwen3Guard: the facade every integration uses.
+
+    guard = Qwen3Guard.from_pretrained("Qwen/Qwen3Guard-Gen-0.6B",
+                                       stream_model="Qwen/Qwen3Guard-Stream-0.6B")
+    guard.check_prompt("How can I make a bomb?").risk      # RiskLevel.UNSAFE
+    guard.enforce(messages, surface="input")               # raises UnsafeContentError
+
+Sync and async forms share their logic: the async ones differ only in how they wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import GuardOutputError, GuardUnavailableError, InvalidInputError, UnsafeContentError
+from .gen.base import GenBackend
+from .messages import Message, normalize_messages, require_text, role_of
+from .policy import Decision, Policy, Surface
+from .verdict import Verdict, parse_gen_output, worst
+
+log = logging.getLogger(__name__)
+
+Conversation = str | Sequence[Any]
+
+DEFAULT_GEN_MODEL = "Qwen/Qwen3Guard-Gen-0.6B"
+DEFAULT_STREAM_MODEL = "Qwen/Qwen3Guard-Stream-0.6B"
+
+_default_guard: Qwen3Guard | None = None
+_default_lock = threading.Lock()
+
+
+def get_default_guard() -> Qwen3Guard:
+    """The process-wide guard that integrations use when none is passed: built once, from the
+    environment (:meth:`Qwen3Guard.from_env`). Loading a model per object would be wasteful."""
+    global _default_guard
+    with _default_lock:
+        if _default_guard is None:
+            _default_guard = Qwen3Guard.from_env()
+        return _default_guard
+
+
+def set_default_guard(guard: Qwen3Guard | None) -> None:
+    """Replace (or with ``None`` forget) the process-wide default guard."""
+    global _default_guard
+    with _default_lock:
+        _default_guard = guard
+
+
+class Qwen3Guard:
+    def __init__(
+        self,
+        gen: GenBackend | None = None,
+        *,
+        stream: Any = None,
+        policy: Policy | None = None,
+        stream_fallback_every: int = 32,
+    ) -> None:
+        if gen is None and stream is None:
+            raise ValueError("Qwen3Guard needs a Gen backend, a Stream backend, or both")
+        self.gen = gen
+        self.stream = stream
+        self.policy = policy or Policy()
+        self.stream_fallback_every = stream_fallback_every
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | None = None,
+        *,
+        stream_model: str | None = None,
+        device: str | None = None,
+        dtype: Any = None,
+        policy: Policy | None = None,
+        max_new_tokens: int = 64,
+        max_batch_size: int = 32,
+        max_context_tokens: int | None = None,
+        stream_fallback_every: int = 32,
+    ) -> Qwen3Guard:
+        """Load Qwen3Guard-Gen (and optionally Qwen3Guard-Stream) in process.
+
+        ``model`` / ``stream_model`` are local checkpoint directories or hub ids.
+        """
+        gen = None
+        if model is not None:
+            from .gen.local import TransformersGenBackend
+
+            gen = TransformersGenBackend(
+                model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+                max_batch_size=max_batch_size, max_context_tokens=max_context_tokens,
+            )
+        stream = None
+        if stream_model is not None:
+            from .stream.local import LocalStreamBackend
+
+            stream = LocalStreamBackend(stream_model, device=device, dtype=dtype)
+        return cls(gen, stream=stream, policy=policy, stream_fallback_every=stream_fallback_every)
+
+    @classmethod
+    def from_endpoint(
+        cls,
+        base_url: str,
+        model: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 2,
+        max_concurrency: int = 16,
+        stream: bool = False,
+        policy: Policy | None = None,
+        stream_fallback_every: int = 32,
+        **kwargs: Any,
+    ) -> Qwen3Guard:
+        """Use a Gen model served behind an OpenAI-compatible API (vLLM, SGLang, or
+        ``qwen3guard serve``); with ``stream=True`` also the Stream model of a
+        ``qwen3guard serve`` server."""
+        from .gen.remote import OpenAIGenBackend
+
+        gen = OpenAIGenBackend(
+            base_url, model, api_key=api_key, timeout=timeout, max_retries=max_retries,
+            max_concurrency=max_concurrency, **kwargs,
+        )
+        stream_backend = None
+        if stream:
+            from .stream.remote import RemoteStreamBackend
+
+            stream_backend = RemoteStreamBackend(base_url, api_key=api_key, timeout=timeout)
+        return cls(gen, stream=stream_backend, policy=policy,
+                   stream_fallback_every=stream_fallback_every)
+
+    @classmethod
+    def from_env(cls, *, policy: Policy | None = None) -> Qwen3Guard:
+        """Build the guard the environment describes, so deployments choose local or remote by
+        configuration, not code:
+
+        - ``QWEN3GUARD_ENDPOINT`` (+ ``QWEN3GUARD_ENDPOINT_MODEL``, ``QWEN3GUARD_API_KEY``,
+          ``QWEN3GUARD_ENDPOINT_STREAM=1``): a served model, via :meth:`from_endpoint`;
+        - else ``QWEN3GUARD_MODEL`` and ``QWEN3GUARD_STREAM_MODEL`` (paths or hub ids; default
+          the 0.6B hub models; ``QWEN3GUARD_STREAM_MODEL=none`` for Gen only), with
+          ``QWEN3GUARD_DEVICE`` and ``QWEN3GUARD_DTYPE``; via :meth:`from_pretrained`.
+        ``QWEN3GUARD_POLICY`` = ``strict`` | ``loose`` sets the mode when no policy is given.
+        """
+        env = os.environ
+        if policy is None and env.get("QWEN3GUARD_POLICY"):
+            policy = Policy(mode=env["QWEN3GUARD_POLICY"])  # type: ignore[arg-type]
+        if env.get("QWEN3GUARD_ENDPOINT"):
+            return cls.from_endpoint(
+                env["QWEN3GUARD_ENDPOINT"],
+                env.get("QWEN3GUARD_ENDPOINT_MODEL"),
+                api_key=env.get("QWEN3GUARD_API_KEY"),
+                stream=env.get("QWEN3GUARD_ENDPOINT_STREAM", "0").lower() in ("1", "true", "yes"),
+                policy=policy,
+            )
+        stream_model: str | None = env.get("QWEN3GUARD_STREAM_MODEL", DEFAULT_STREAM_MODEL)
+        if stream_model is not None and stream_model.lower() in ("", "none"):
+            stream_model = None
+        return cls.from_pretrained(
+            env.get("QWEN3GUARD_MODEL", DEFAULT_GEN_MODEL),
+            stream_model=stream_model,
+            device=env.get("QWEN3GUARD_DEVICE") or None,
+            dtype=env.get("QWEN3GUARD_DTYPE") or None,
+            policy=policy,
+        )
+
+    # -- judging ---------------------------------------------------------------------------
+
+    def check(self, messages: Conversation) -> Verdict:
+        """Judge a conversation; the last message's role picks prompt or response mode."""
+        return self.check_batch([messages], return_exceptions=False)[0]  # type: ignore[return-value]
+
+    async def acheck(self, messages: Conversation) -> Verdict:
+        return (await self.acheck_batch([messages], return_exceptions=False))[0]  # type: ignore[return-value]
+
+    def check_prompt(self, text: Any, *, context: Sequence[Any] | None = None) -> Verdict:
+        return self.check(_prompt_messages(text, context))
+
+    async def acheck_prompt(self, text: Any, *, context: Sequence[Any] | None = None) -> Verdict:
+        return await self.acheck(_prompt_messages(text, context))
+
+    def check_response(self, prompt: Any, response: Any) -> Verdict:
+        """Judge an answer in the light of its prompt; the verdict includes refusal."""
+        return self.check(_response_messages(prompt, response))
+
+    async def acheck_response(self, prompt: Any, response: Any) -> Verdict:
+        return await self.acheck(_response_messages(prompt, response))
+
+    def check_batch(
+        self, items: Sequence[Conversation], *, return_exceptions: bool = False
+    ) -> list[Verdict | Exception]:
+        """Judge many conversations in batched forward passes. With ``return_exceptions``
+        a failed item yields its exception in place instead of raising."""
+        plan = self._plan(items)
+        raws = self._require_gen().generate(plan.flat) if plan.flat else []
+        return plan.finish(raws, return_exceptions)
+
+    async def acheck_batch(
+        self, items: Sequence[Conversation], *, return_exceptions: bool = False
+    ) -> list[Verdict | Exception]:
+        plan = self._plan(items)
+        raws = await self._require_gen().agenerate(plan.flat) if plan.flat else []
+        return plan.finish(raws, return_exceptions)
+
+    # -- policy -------------------------------------------------------------------------------
+
+    def decide(self, verdict: Verdict | None, surface: Surface | str = Surface.INPUT) -> Decision:
+        return self.policy.decide(verdict, surface)
+
+    def screen(self, messages: Conversation, surface: Surface | str = Surface.INPUT) -> Decision:
+        """Judge and decide. Never raises for unsafe content; a guard failure becomes a block
+        (fail-closed) or an allow with a warning (fail-open). Bad input still raises."""
+        if not self.policy.is_enabled(surface):
+            return Decision(True, None, Surface(surface), "surface not checked")
+        try:
+            verdict = self.check(messages)
+        except (GuardUnavailableError, GuardOutputError) as exc:
+            return self._failed(exc, surface)
+        return self.policy.decide(verdict, surface)
+
+    async def ascreen(
+        self, messages: Conversation, surface: Surface | str = Surface.INPUT
+    ) -> Decision:
+        if not self.policy.is_enabled(surface):
+            return Decision(True, None, Surface(surface), "surface not checked")
+        try:
+            verdict = await self.acheck(messages)
+        except (GuardUnavailableError, GuardOutputError) as exc:
+            return self._failed(exc, surface)
+        return self.policy.decide(verdict, surface)
+
+    def enforce(self, messages: Conversation, surface: Surface | str = Surface.INPUT) -> Decision:
+        """Like :meth:`screen`, but raise :class:`UnsafeContentError` when blocked."""
+        return _raise_if_blocked(self.screen(messages, surface), messages)
+
+    async def aenforce(
+        self, messages: Conversation, surface: Surface | str = Surface.INPUT
+    ) -> Decision:
+        return _raise_if_blocked(await self.ascreen(messages, surface), messages)
+
+    def _failed(self, exc: Exception, surface: Surface | str) -> Decision:
+        decision = self.policy.decide(None, surface)
+        if decision.allowed:
+            warnings.warn(f"qwen3guard could not judge ({exc}); allowed by fail-open policy",
+                          RuntimeWarning, stacklevel=3)
+        else:
+            log.warning("qwen3guard could not judge (%s); blocked (fail-closed)", exc)
+        return Decision(decision.allowed, None, decision.surface, f"{decision.reason}: {exc}")
+
+    # -- streaming ------------------------------------------------------------------------------
+
+    def open_stream(self, prompt_messages: Conversation, **kwargs: Any) -> Any:
+        """Open a moderation session for a streamed answer to ``prompt_messages``.
+
+        The prompt is judged on open (``session.prompt_verdict``). Feed the answer with
+        ``session.feed_text(chunk)`` or ``session.feed_ids(ids)``. Without a Stream model the
+        session re-checks the accumulated answer with Gen every ``stream_fallback_every``
+        tokens.
+        """
+        from .stream.session import open_session
+
+        return open_session(self, prompt_messages, **kwargs)
+
+    async def aopen_stream(self, prompt_messages: Conversation, **kwargs: Any) -> Any:
+        from .stream.session import aopen_session
+
+        return await aopen_session(self, prompt_messages, **kwargs)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for backend in (self.gen, self.stream):
+            if backend is not None:
+                backend.close()
+
+    def __enter__(self) -> Qwen3Guard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _require_gen(self) -> GenBackend:
+        if self.gen is None:
+            raise GuardUnavailableError(
+                "no Gen model is configured: pass model=... to from_pretrained() "
+                "or use from_endpoint()"
+            )
+        return self.gen
+
+    def _plan(self, items: Sequence[Conversation]) -> _BatchPlan:
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+            raise InvalidInputError("check_batch() takes a list of conversations or prompts")
+        gen = self._require_gen()
+        return _BatchPlan(gen, items)
+
+
+class _BatchPlan:
+    """Normalise every item, split long ones into windows, and put the windows back together
+    once the backend has answered. Bad items fail alone; others still run."""
+
+    def __init__(self, gen: GenBackend, items: Sequence[Conversation]) -> None:
+        self.t0 = time.perf_counter()
+        self.flat: list[list[Message]] = []
+        self.slots: list[tuple[int, int, Any] | Exception] = []
+        for item in items:
+            try:
+                conv = normalize_messages(item)
+                windows = gen.split_windows(conv)
+            except (InvalidInputError, ValueError) as exc:
+                self.slots.append(exc if isinstance(exc, InvalidInputError)
+                                  else InvalidInputError(str(exc)))
+                continue
+            self.slots.append((len(self.flat), len(windows), role_of(conv)))
+            self.flat.extend(windows)
+
+    def finish(
+        self, raws: Sequence[str | BaseException], return_exceptions: bool
+    ) -> list[Verdict | Exception]:
+        elapsed = time.perf_counter() - self.t0
+        out: list[Verdict | Exception] = []
+        for slot in self.slots:
+            if isinstance(slot, Exception):
+                out.append(slot)
+                continue
+            start, n, role = slot
+            try:
+                verdicts = [_parse(raws[i], role) for i in range(start, start + n)]
+                out.append(worst(verdicts).with_timing(elapsed))
+            except Exception as exc:  # noqa: BLE001
+                out.append(exc)
+        if not return_exceptions:
+            for v in out:
+                if isinstance(v, Exception):
+                    raise v
+        return out
+
+
+def _parse(raw: str | BaseException, role: Any) -> Verdict:
+    if isinstance(raw, (GuardUnavailableError, GuardOutputError, InvalidInputError)):
+        raise raw
+    if isinstance(raw, BaseException):
+        raise GuardUnavailableError(f"the Gen backend failed: {raw!r}") from raw
+    return parse_gen_output(raw, role)
+
+
+def _prompt_messages(text: Any, context: Sequence[Any] | None) -> list[Any]:
+    return [*(context or []), {"role": "user", "content": require_text(text, "prompt")}]
+
+
+def _response_messages(prompt: Any, response: Any) -> list[Any]:
+    if isinstance(prompt, str) or prompt is None:
+        before: list[Any] = [{"role": "user", "content": require_text(prompt, "prompt")}]
+    else:
+        before = list(prompt)
+    return [*before, {"role": "assistant", "content": require_text(response, "response")}]
+
+
+def _raise_if_blocked(decision: Decision, content: Any) -> Decision:
+    if decision.blocked:
+        raise UnsafeContentError(stage=decision.surface.value, verdict=decision.verdict,
+                                 content=content)
+    return decision
