@@ -1,0 +1,455 @@
+"""Qwen3Guard-Gen behind an OpenAI-compatible API: vLLM, SGLang or ``qwen3guard serve``.
+
+Each conversation is one chat completion (temperature 0, a small ``max_tokens``); the server
+renders the checkpoint's own chat template. A batch is sent as concurrent requests, at most
+``max_concurrency`` in flight per backend (sync: a thread pool; async: a semaphore per event
+loop). Connection errors, timeouts, HTTP 429 and 5xx are retried with exponential backoff,
+``max_retries`` times (so at most ``1 + max_retries`` attempts per conversation); anything that
+still fails becomes :class:`GuardUnavailableError`, an answer without text becomes
+:class:`GuardOutputError`. Neither is ever read as Safe: the facade's policy decides whether
+a failure blocks (the default) or is allowed with a warning (``Policy(fail_open=True)``).
+
+Content is data. A remote server tokenizes the *rendered* prompt with special-token parsing on,
+so a message containing the text ``<|im_end|>`` would otherwise close the turn it sits in and
+let the content write its own template (and its own "verdict"). Before sending, every ``<|`` in a
+message gets a zero-width space (U+200B) after it and the tag-like added tokens of Qwen3's
+tokenizer (``<think>``, ``</tool_call>``, ...) get one after their ``<``: the text reads the
+same to the model but can no longer be matched as a special token. (The in-process backend
+needs no such trick: it encodes content with special-token parsing off.)
+
+Long content is split into windows by the facade (``split_windows``). Without the server's
+tokenizer the window size is estimated from characters, conservatively (see
+:func:`approx_token_ends`), within ``max_context_tokens`` (default 2048; ``"auto"`` asks the
+server, which vLLM answers with ``max_model_len`` in ``GET /v1/models``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import GuardOutputError, GuardUnavailableError
+from ..messages import Message
+from ..windows import window_conversation
+from .base import GenBackend
+
+log = logging.getLogger(__name__)
+
+ZWSP = "\u200b"
+# `<|anything|>`-style special tokens: break the `<|` opener. Every `<|` is broken, whether or
+# not a token of that name exists on the server: the server's vocabulary is unknown here.
+_PIPE_OPEN = re.compile(r"<\|")
+# Qwen3's added tokens that look like tags.
+_TAG_TOKENS = re.compile(r"<(?=/?(?:think|tool_call|tool_response)>)")
+
+DEFAULT_CONTEXT_TOKENS = 2048
+
+
+def neutralize_special_tokens(text: str) -> str:
+    """Make special-token spellings inside content plain text for a server-side tokenizer.
+
+    ``<|im_end|>`` becomes ``<|\\u200bim_end|>`` and ``</think>`` becomes ``<\\u200b/think>``.
+    The model still reads the characters; the tokenizer can no longer match the token.
+    """
+    if "<" not in text:
+        return text
+    text = _PIPE_OPEN.sub("<|" + ZWSP, text)
+    return _TAG_TOKENS.sub("<" + ZWSP, text)
+
+
+def approx_token_ends(text: str) -> list[int]:
+    """Estimated token end offsets for a tokenizer we cannot see, erring towards more tokens.
+
+    Costs per character: ASCII letters and whitespace 1/3 (Qwen3's BPE averages about 4
+    characters per English token), digits and punctuation 1 (Qwen3 splits digits one by one),
+    other characters 2 (common CJK characters are one token, rarer ones and emoji up to 3-4:
+    one per UTF-8 byte is the hard bound of a byte-level BPE). Adversarial text can still beat
+    the estimate; the server then rejects the request and the check fails closed.
+    """
+    ends: list[int] = []
+    cost = 0.0
+    for i, ch in enumerate(text):
+        if ch.isascii():
+            cost += 1 / 3 if (ch.isalpha() or ch.isspace()) else 1.0
+        else:
+            cost += 2.0
+        while cost >= 1.0 - 1e-9:
+            ends.append(i + 1)
+            cost -= 1.0
+    if cost > 1e-9 or (text and not ends):
+        ends.append(len(text))
+    return ends
+
+
+def normalize_base_url(base_url: str) -> str:
+    """``http://host:8000`` -> ``http://host:8000/v1``; a URL with a path is kept as given."""
+    parts = urlsplit(base_url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
+    path = parts.path.rstrip("/")
+    if not path:
+        path = "/v1"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+class OpenAIGenBackend(GenBackend):
+    """Qwen3Guard-Gen over the OpenAI chat-completions API.
+
+    ``model=None`` uses the first model the server lists. ``api_key=None`` sends a placeholder,
+    never ``OPENAI_API_KEY`` from the environment (a guard server is not OpenAI).
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 2,
+        max_concurrency: int = 16,
+        max_tokens: int = 64,
+        max_context_tokens: int | Literal["auto"] = DEFAULT_CONTEXT_TOKENS,
+        template_overhead_tokens: int = 640,
+        backoff_s: float = 0.25,
+        max_backoff_s: float = 4.0,
+        extra_body: dict[str, Any] | None = None,
+        default_headers: dict[str, str] | None = None,
+    ) -> None:
+        import openai
+
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if max_context_tokens != "auto" and (
+            not isinstance(max_context_tokens, int) or max_context_tokens < 256
+        ):
+            raise ValueError("max_context_tokens must be an int >= 256 or 'auto'")
+        self._openai = openai
+        self.base_url = normalize_base_url(base_url)
+        self.model = model
+        self.api_key = api_key
+        self.timeout = float(timeout)
+        self.max_retries = int(max_retries)
+        self.max_concurrency = int(max_concurrency)
+        self.max_tokens = int(max_tokens)
+        self.template_overhead_tokens = int(template_overhead_tokens)
+        self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self.extra_body = dict(extra_body or {})
+        self._headers = dict(default_headers or {})
+        self._max_context: int | Literal["auto"] = max_context_tokens
+        self._server_max_len: int | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._client = openai.OpenAI(
+            base_url=self.base_url, api_key=api_key or "EMPTY", timeout=self.timeout,
+            max_retries=0, default_headers=self._headers or None,
+        )
+        self._sem = threading.BoundedSemaphore(self.max_concurrency)
+        self._pool: ThreadPoolExecutor | None = None
+        # One AsyncOpenAI client (and semaphore) per event loop: an async HTTP connection pool
+        # belongs to the loop that opened it.
+        self._async: weakref.WeakKeyDictionary[Any, tuple[Any, asyncio.Semaphore]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # -- GenBackend ---------------------------------------------------------------------------
+
+    def generate(self, conversations: Sequence[Sequence[Message]]) -> list[str | BaseException]:
+        convs = [list(c) for c in conversations]
+        if not convs:
+            return []
+        try:
+            self._check_open()
+            model = self._resolve_model()
+        except GuardUnavailableError as exc:
+            return [exc for _ in convs]
+        if len(convs) == 1:
+            return [self._complete(model, convs[0])]
+        try:
+            pool = self._get_pool()
+            futures = [pool.submit(self._complete, model, c) for c in convs]
+        except (GuardUnavailableError, RuntimeError) as exc:  # closed meanwhile
+            return [GuardUnavailableError(f"the remote Gen backend is closed ({exc})")] * len(convs)
+        out: list[str | BaseException] = []
+        for f in futures:
+            try:
+                out.append(f.result())
+            except BaseException as exc:  # noqa: BLE001 - cancelled by close()
+                out.append(_chain(GuardUnavailableError(f"the Gen request did not run: {exc!r}"), exc))
+        return out
+
+    async def agenerate(
+        self, conversations: Sequence[Sequence[Message]]
+    ) -> list[str | BaseException]:
+        convs = [list(c) for c in conversations]
+        if not convs:
+            return []
+        try:
+            self._check_open()
+            client, sem = self._async_state()
+            model = await self._aresolve_model(client)
+        except GuardUnavailableError as exc:
+            return [exc for _ in convs]
+        return list(await asyncio.gather(*(self._acomplete(client, sem, model, c) for c in convs)))
+
+    def split_windows(self, conversation: Sequence[Message]) -> list[list[Message]]:
+        budget = self.context_tokens() - self.template_overhead_tokens - self.max_tokens - 16
+        if budget < 64:
+            raise ValueError(
+                f"max_context_tokens={self.context_tokens()} leaves no room for content "
+                f"(template overhead {self.template_overhead_tokens}, max_tokens {self.max_tokens})"
+            )
+        return window_conversation(conversation, token_ends=approx_token_ends, budget=budget)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
+        for loop, (client, _) in list(self._async.items()):
+            if loop.is_closed() or not loop.is_running():
+                continue
+            try:  # best effort: close it on its own loop
+                asyncio.run_coroutine_threadsafe(client.close(), loop)
+            except RuntimeError:
+                pass
+        self._async.clear()
+
+    async def aclose(self) -> None:
+        """Close, awaiting the current loop's async client."""
+        state = self._async.get(asyncio.get_running_loop())
+        if state is not None:
+            await state[0].close()
+            self._async.pop(asyncio.get_running_loop(), None)
+        self.close()
+
+    # -- introspection --------------------------------------------------------------------------
+
+    def context_tokens(self) -> int:
+        """The context size windows are sized for."""
+        if self._max_context != "auto":
+            return int(self._max_context)
+        if self._server_max_len is None:
+            try:
+                self._resolve_model(force_list=True)
+            except GuardUnavailableError as exc:
+                log.warning("could not ask the server for its context length (%s); "
+                            "using %d", exc, DEFAULT_CONTEXT_TOKENS)
+                return DEFAULT_CONTEXT_TOKENS
+        return self._server_max_len or DEFAULT_CONTEXT_TOKENS
+
+    # -- internals: model --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise GuardUnavailableError("the remote Gen backend has been closed")
+
+    def _pick_model(self, data: Sequence[Any]) -> str:
+        if not data:
+            raise GuardUnavailableError(f"{self.base_url}/models lists no model")
+        chosen = None
+        if self.model is not None:
+            chosen = next((m for m in data if getattr(m, "id", None) == self.model), None)
+        entry = chosen or data[0]
+        max_len = getattr(entry, "max_model_len", None)
+        if isinstance(max_len, int) and max_len > 0:
+            self._server_max_len = max_len
+        return self.model or str(entry.id)
+
+    def _resolve_model(self, *, force_list: bool = False) -> str:
+        if self.model is not None and not force_list:
+            return self.model
+        last: BaseException | None = None
+        for attempt in range(self.max_retries + 1):
+            try:
+                page = self._client.models.list()
+                with self._lock:
+                    model = self._pick_model(list(page.data))
+                    if self.model is None:
+                        self.model = model
+                return model
+            except GuardUnavailableError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified below
+                retry, err = self._classify(exc, what="listing models")
+                last = err
+                if not retry or attempt == self.max_retries:
+                    break
+                time.sleep(self._delay(attempt, exc))
+        assert last is not None
+        raise last
+
+    async def _aresolve_model(self, client: Any) -> str:
+        if self.model is not None:
+            return self.model
+        last: BaseException | None = None
+        for attempt in range(self.max_retries + 1):
+            try:
+                page = await client.models.list()
+                with self._lock:
+                    model = self._pick_model(list(page.data))
+                    if self.model is None:
+                        self.model = model
+                return model
+            except GuardUnavailableError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified below
+                retry, err = self._classify(exc, what="listing models")
+                last = err
+                if not retry or attempt == self.max_retries:
+                    break
+                await asyncio.sleep(self._delay(attempt, exc))
+        assert last is not None
+        raise last
+
+    # -- internals: completions ------------------------------------------------------------------
+
+    def _request(self, model: str, conversation: Sequence[Message]) -> dict[str, Any]:
+        messages = [
+            {"role": m["role"], "content": neutralize_special_tokens(m["content"])}
+            for m in conversation
+        ]
+        kw: dict[str, Any] = {
+            "model": model, "messages": messages, "temperature": 0.0,
+            "max_tokens": self.max_tokens, "n": 1, "stream": False,
+        }
+        if self.extra_body:
+            kw["extra_body"] = self.extra_body
+        return kw
+
+    def _complete(self, model: str, conversation: Sequence[Message]) -> str | BaseException:
+        kw = self._request(model, conversation)
+        for attempt in range(self.max_retries + 1):
+            try:
+                with self._sem:
+                    resp = self._client.chat.completions.create(**kw)
+                return self._text_of(resp)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                retry, err = self._classify(exc)
+                if not retry or attempt == self.max_retries or self._closed:
+                    return err
+                log.info("retrying a Gen request after %s (attempt %d)", err, attempt + 1)
+                time.sleep(self._delay(attempt, exc))
+        raise AssertionError("unreachable")
+
+    async def _acomplete(
+        self, client: Any, sem: asyncio.Semaphore, model: str, conversation: Sequence[Message]
+    ) -> str | BaseException:
+        kw = self._request(model, conversation)
+        for attempt in range(self.max_retries + 1):
+            try:
+                async with sem:
+                    resp = await client.chat.completions.create(**kw)
+                return self._text_of(resp)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                retry, err = self._classify(exc)
+                if not retry or attempt == self.max_retries or self._closed:
+                    return err
+                log.info("retrying a Gen request after %s (attempt %d)", err, attempt + 1)
+                await asyncio.sleep(self._delay(attempt, exc))
+        raise AssertionError("unreachable")
+
+    def _text_of(self, resp: Any) -> str:
+        choices = getattr(resp, "choices", None)
+        if not choices:
+            raise GuardOutputError("the server's completion has no choices", raw=None)
+        message = getattr(choices[0], "message", None)
+        content = getattr(message, "content", None)
+        if not isinstance(content, str):
+            raise GuardOutputError("the server's completion has no text content", raw=None)
+        return content
+
+    def _classify(self, exc: BaseException, what: str = "Gen request") -> tuple[bool, Exception]:
+        """(retryable?, the error to hand the caller)."""
+        o = self._openai
+        where = f"{what} to {self.base_url}"
+        if isinstance(exc, (GuardOutputError, GuardUnavailableError)):
+            return False, exc
+        if isinstance(exc, o.APITimeoutError):
+            return True, _chain(GuardUnavailableError(f"{where} timed out after {self.timeout}s"), exc)
+        if isinstance(exc, o.APIConnectionError):
+            return True, _chain(GuardUnavailableError(f"{where} failed: connection error ({_cause(exc)})"), exc)
+        if isinstance(exc, o.APIResponseValidationError):
+            return False, _chain(GuardOutputError(f"{where}: the response is not a chat completion"), exc)
+        if isinstance(exc, o.APIStatusError):
+            status = exc.status_code
+            msg = _short(exc)
+            err = _chain(GuardUnavailableError(f"{where} failed: HTTP {status}: {msg}"), exc)
+            return (status == 429 or status >= 500 or status == 408), err
+        if isinstance(exc, (ValueError, TypeError, AttributeError)):  # a body we cannot read
+            return False, _chain(GuardOutputError(f"{where}: unreadable response ({exc})"), exc)
+        return False, _chain(GuardUnavailableError(f"{where} failed: {exc!r}"), exc)
+
+    def _delay(self, attempt: int, exc: BaseException | None = None) -> float:
+        delay = min(self.max_backoff_s, self.backoff_s * (2**attempt))
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+        if headers is not None:
+            try:
+                after = float(headers.get("retry-after", ""))
+                delay = max(delay, min(after, self.max_backoff_s))
+            except (TypeError, ValueError):
+                pass
+        return delay * random.uniform(0.75, 1.0)
+
+    def _get_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise GuardUnavailableError("the remote Gen backend has been closed")
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.max_concurrency,
+                                                thread_name_prefix="qwen3guard-remote")
+            return self._pool
+
+    def _async_state(self) -> tuple[Any, asyncio.Semaphore]:
+        loop = asyncio.get_running_loop()
+        state = self._async.get(loop)
+        if state is None:
+            client = self._openai.AsyncOpenAI(
+                base_url=self.base_url, api_key=self.api_key or "EMPTY", timeout=self.timeout,
+                max_retries=0, default_headers=self._headers or None,
+            )
+            state = (client, asyncio.Semaphore(self.max_concurrency))
+            self._async[loop] = state
+        return state
+
+
+def _chain(err: Exception, cause: BaseException) -> Exception:
+    err.__cause__ = cause
+    return err
+
+
+def _cause(exc: BaseException) -> str:
+    inner = exc.__cause__ or exc.__context__
+    return f"{type(inner).__name__}: {inner}" if inner is not None else str(exc)
+
+
+def _short(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"][:300]
+        if isinstance(body.get("message"), str):
+            return body["message"][:300]
+    return str(getattr(exc, "message", exc))[:300]
