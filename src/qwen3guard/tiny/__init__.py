@@ -1,0 +1,91 @@
+"""The built-in small checkpoints: a Qwen3Guard-Gen and a Qwen3Guard-Stream checkpoint in the
+official formats, tiny Qwen3 models trained for seconds on CPU so that they answer in the real
+output format. Tests, notebooks and the demo use them offline; real checkpoints load through
+exactly the same code.
+
+    qwen3guard tiny build DIR        # DIR/gen and DIR/stream, deterministic from the seed
+    ensure_built()                   # a cached build, made once per machine
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_HERE = Path(__file__).resolve().parent
+
+
+def source_hash() -> str:
+    """A hash of the builder's own sources: a change to them means a new build."""
+    h = hashlib.sha256()
+    for path in sorted(_HERE.glob("*")):
+        if path.suffix in (".py", ".jinja", ".json"):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
+    """Write ``out_dir/gen`` and ``out_dir/stream``."""
+    import torch
+
+    from .gen import save_gen, train_gen
+    from .stream_build import build_stream
+    from .tokenizer import build_tokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(seed)
+    torch.manual_seed(seed)
+    save_gen(train_gen(tok, seed), tok, out / "gen")
+    build_stream(tok, out / "stream", seed=seed)
+    (out / "BUILD").write_text(f"seed={seed}\nsource={source_hash()}\n")
+    return out
+
+
+def default_dir() -> Path:
+    env = os.environ.get("QWEN3GUARD_TINY_DIR")
+    if env:
+        return Path(env)
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "qwen3guard" / "tiny" / source_hash()
+
+
+def ensure_built(path: str | os.PathLike[str] | None = None) -> Path:
+    """The built checkpoints at ``path`` (default: a per-machine cache keyed by the builder's
+    source), built once if missing. Safe against concurrent callers (a lock file, and the
+    build is moved into place only when complete)."""
+    target = Path(path) if path is not None else default_dir()
+    if (target / "BUILD").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.parent / f".{target.name}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if (target / "BUILD").exists():
+                return target
+            log.warning("building the built-in small checkpoints into %s (once)", target)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+            try:
+                build(tmp)
+                if target.exists():
+                    shutil.rmtree(target)
+                tmp.rename(target)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.rmtree(tmp)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return target
+
+
+__all__ = ["build", "default_dir", "ensure_built", "source_hash"]
