@@ -26,13 +26,14 @@ server, which vLLM answers with ``max_model_len`` in ``GET /v1/models``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -69,25 +70,30 @@ def neutralize_special_tokens(text: str) -> str:
 def approx_token_ends(text: str) -> list[int]:
     """Estimated token end offsets for a tokenizer we cannot see, erring towards more tokens.
 
-    Costs per character: ASCII letters and whitespace 1/3 (Qwen3's BPE averages about 4
-    characters per English token), digits and punctuation 1 (Qwen3 splits digits one by one),
-    other characters 2 (common CJK characters are one token, rarer ones and emoji up to 3-4:
-    one per UTF-8 byte is the hard bound of a byte-level BPE). Adversarial text can still beat
-    the estimate; the server then rejects the request and the check fails closed.
+    Costs per character, against Qwen3's byte-level BPE (151k vocabulary): ASCII letters and
+    whitespace 0.4 (English averages over 4 characters a token; even random letters about
+    2.5), digits and punctuation 1 (digits are split one by one), 2-byte characters 1,
+    3-byte characters (CJK) 1.5, 4-byte characters (emoji) 4, one per UTF-8 byte, the hard
+    bound of a byte-level BPE. Text built to beat the estimate can still overflow a window;
+    the server then refuses the request and the check fails closed. Pass ``token_ends=`` to
+    :class:`OpenAIGenBackend` (e.g. the checkpoint's tokenizer offsets) to be exact.
     """
     ends: list[int] = []
     cost = 0.0
     for i, ch in enumerate(text):
         if ch.isascii():
-            cost += 1 / 3 if (ch.isalpha() or ch.isspace()) else 1.0
+            cost += 0.4 if (ch.isalpha() or ch.isspace()) else 1.0
         else:
-            cost += 2.0
+            cost += _WIDE_COST.get(len(ch.encode("utf-8", "surrogatepass")), 4.0)
         while cost >= 1.0 - 1e-9:
             ends.append(i + 1)
             cost -= 1.0
     if cost > 1e-9 or (text and not ends):
         ends.append(len(text))
     return ends
+
+
+_WIDE_COST = {2: 1.0, 3: 1.5, 4: 4.0}
 
 
 def normalize_base_url(base_url: str) -> str:
@@ -104,8 +110,19 @@ def normalize_base_url(base_url: str) -> str:
 class OpenAIGenBackend(GenBackend):
     """Qwen3Guard-Gen over the OpenAI chat-completions API.
 
-    ``model=None`` uses the first model the server lists. ``api_key=None`` sends a placeholder,
-    never ``OPENAI_API_KEY`` from the environment (a guard server is not OpenAI).
+    - ``base_url``: ``http://host:8000/v1`` (a URL without a path gets ``/v1``).
+    - ``model``: the served model id; ``None`` uses the first one ``GET /v1/models`` lists.
+    - ``api_key``: sent as ``Authorization: Bearer``; ``None`` sends a placeholder, never
+      ``OPENAI_API_KEY`` from the environment (a guard server is not OpenAI).
+    - ``timeout``: seconds per attempt; ``max_retries``: extra attempts after a connection
+      error, timeout, 408, 429 or 5xx (exponential backoff from ``backoff_s``, capped at
+      ``max_backoff_s``, honouring ``Retry-After`` up to that cap). Other 4xx are not retried.
+    - ``max_concurrency``: requests in flight at once from this backend (sync and, per event
+      loop, async).
+    - ``max_tokens``: the answer's token budget (a verdict is under 20 tokens).
+    - ``max_context_tokens`` / ``template_overhead_tokens`` / ``token_ends``: how long contents
+      are windowed (see the module docstring).
+    - ``extra_body``: extra JSON fields for every request (e.g. vLLM sampling options).
     """
 
     name = "openai"
@@ -126,6 +143,7 @@ class OpenAIGenBackend(GenBackend):
         max_backoff_s: float = 4.0,
         extra_body: dict[str, Any] | None = None,
         default_headers: dict[str, str] | None = None,
+        token_ends: Callable[[str], Sequence[int]] | None = None,
     ) -> None:
         import openai
 
@@ -152,13 +170,17 @@ class OpenAIGenBackend(GenBackend):
         self.max_backoff_s = float(max_backoff_s)
         self.extra_body = dict(extra_body or {})
         self._headers = dict(default_headers or {})
+        self._token_ends = token_ends or approx_token_ends
         self._max_context: int | Literal["auto"] = max_context_tokens
         self._server_max_len: int | None = None
         self._lock = threading.Lock()
         self._closed = False
         self._client = openai.OpenAI(
-            base_url=self.base_url, api_key=api_key or "EMPTY", timeout=self.timeout,
-            max_retries=0, default_headers=self._headers or None,
+            base_url=self.base_url,
+            api_key=api_key or "EMPTY",
+            timeout=self.timeout,
+            max_retries=0,
+            default_headers=self._headers or None,
         )
         self._sem = threading.BoundedSemaphore(self.max_concurrency)
         self._pool: ThreadPoolExecutor | None = None
@@ -191,7 +213,9 @@ class OpenAIGenBackend(GenBackend):
             try:
                 out.append(f.result())
             except BaseException as exc:  # noqa: BLE001 - cancelled by close()
-                out.append(_chain(GuardUnavailableError(f"the Gen request did not run: {exc!r}"), exc))
+                out.append(
+                    _chain(GuardUnavailableError(f"the Gen request did not run: {exc!r}"), exc)
+                )
         return out
 
     async def agenerate(
@@ -215,7 +239,7 @@ class OpenAIGenBackend(GenBackend):
                 f"max_context_tokens={self.context_tokens()} leaves no room for content "
                 f"(template overhead {self.template_overhead_tokens}, max_tokens {self.max_tokens})"
             )
-        return window_conversation(conversation, token_ends=approx_token_ends, budget=budget)
+        return window_conversation(conversation, token_ends=self._token_ends, budget=budget)
 
     def close(self) -> None:
         with self._lock:
@@ -229,10 +253,8 @@ class OpenAIGenBackend(GenBackend):
         for loop, (client, _) in list(self._async.items()):
             if loop.is_closed() or not loop.is_running():
                 continue
-            try:  # best effort: close it on its own loop
+            with contextlib.suppress(RuntimeError):  # best effort, on its own loop
                 asyncio.run_coroutine_threadsafe(client.close(), loop)
-            except RuntimeError:
-                pass
         self._async.clear()
 
     async def aclose(self) -> None:
@@ -253,8 +275,11 @@ class OpenAIGenBackend(GenBackend):
             try:
                 self._resolve_model(force_list=True)
             except GuardUnavailableError as exc:
-                log.warning("could not ask the server for its context length (%s); "
-                            "using %d", exc, DEFAULT_CONTEXT_TOKENS)
+                log.warning(
+                    "could not ask the server for its context length (%s); using %d",
+                    exc,
+                    DEFAULT_CONTEXT_TOKENS,
+                )
                 return DEFAULT_CONTEXT_TOKENS
         return self._server_max_len or DEFAULT_CONTEXT_TOKENS
 
@@ -330,8 +355,12 @@ class OpenAIGenBackend(GenBackend):
             for m in conversation
         ]
         kw: dict[str, Any] = {
-            "model": model, "messages": messages, "temperature": 0.0,
-            "max_tokens": self.max_tokens, "n": 1, "stream": False,
+            "model": model,
+            "messages": messages,
+            "temperature": 0.0,
+            "max_tokens": self.max_tokens,
+            "n": 1,
+            "stream": False,
         }
         if self.extra_body:
             kw["extra_body"] = self.extra_body
@@ -386,11 +415,17 @@ class OpenAIGenBackend(GenBackend):
         if isinstance(exc, (GuardOutputError, GuardUnavailableError)):
             return False, exc
         if isinstance(exc, o.APITimeoutError):
-            return True, _chain(GuardUnavailableError(f"{where} timed out after {self.timeout}s"), exc)
+            return True, _chain(
+                GuardUnavailableError(f"{where} timed out after {self.timeout}s"), exc
+            )
         if isinstance(exc, o.APIConnectionError):
-            return True, _chain(GuardUnavailableError(f"{where} failed: connection error ({_cause(exc)})"), exc)
+            return True, _chain(
+                GuardUnavailableError(f"{where} failed: connection error ({_cause(exc)})"), exc
+            )
         if isinstance(exc, o.APIResponseValidationError):
-            return False, _chain(GuardOutputError(f"{where}: the response is not a chat completion"), exc)
+            return False, _chain(
+                GuardOutputError(f"{where}: the response is not a chat completion"), exc
+            )
         if isinstance(exc, o.APIStatusError):
             status = exc.status_code
             msg = _short(exc)
@@ -417,17 +452,25 @@ class OpenAIGenBackend(GenBackend):
             if self._closed:
                 raise GuardUnavailableError("the remote Gen backend has been closed")
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.max_concurrency,
-                                                thread_name_prefix="qwen3guard-remote")
+                self._pool = ThreadPoolExecutor(
+                    self.max_concurrency, thread_name_prefix="qwen3guard-remote"
+                )
             return self._pool
 
     def _async_state(self) -> tuple[Any, asyncio.Semaphore]:
         loop = asyncio.get_running_loop()
         state = self._async.get(loop)
         if state is None:
+            # Forget clients of loops that are gone (each asyncio.run() makes a new loop); a
+            # client can hold its loop alive, so the weak keys alone would not free them.
+            for old in [lp for lp in list(self._async.keys()) if lp.is_closed()]:
+                self._async.pop(old, None)
             client = self._openai.AsyncOpenAI(
-                base_url=self.base_url, api_key=self.api_key or "EMPTY", timeout=self.timeout,
-                max_retries=0, default_headers=self._headers or None,
+                base_url=self.base_url,
+                api_key=self.api_key or "EMPTY",
+                timeout=self.timeout,
+                max_retries=0,
+                default_headers=self._headers or None,
             )
             state = (client, asyncio.Semaphore(self.max_concurrency))
             self._async[loop] = state

@@ -52,7 +52,7 @@ FILLER_WORDS: tuple[str, ...] = tuple(
     very really often always sometimes usually slowly quickly together again also
     is are was were be have has had do does did will would can could should may might
     we they he she it you I our their his her its my your this that these those
-    """.split()
+    """.split()  # noqa: SIM905 (a word list reads best as text)
 )
 
 
@@ -470,29 +470,3 @@ def long_cases(n_words: int = 1400) -> list[GenCase]:
     cases.append(_ua("How can I steal a car?", " ".join(words), gen_answer(SAFE, [], False)))
     cases.append(_ua("Tell me a story", " ".join(w), gen_answer(UNSAFE, [VIOLENT], False)))
     return cases
-
-
-def gen_long_groups(rng: random.Random, n_groups: int, group_size: int, max_words: int
-                    ) -> list[list[GenExample]]:
-    """Groups of examples whose contents share a long filler beginning (trained with the
-    beginning run once per group), each ending differently: with or without keywords."""
-    groups = []
-    for _ in range(n_groups):
-        head = filler_text(rng.randrange(30, max_words), rng.randrange(1 << 30))
-        response = rng.random() < 0.35
-        user = safe_prompt(rng) if rng.random() < 0.6 else _prompt_for(rng.choice(UNSAFE_FAMILIES), rng)
-        group = []
-        for _ in range(group_size):
-            words = filler_text(rng.randrange(1, 12), rng.randrange(1 << 30)).split()
-            inserts = _keyword_inserts(rng)
-            ending = insert_words(words, [w for w, _ in inserts], rng, at_end=rng.random() < 0.3)
-            content = head + " " + ending
-            risk, cats = combine([(f.risk, f.category) for _, f in inserts])
-            if response:
-                msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": content}]
-                group.append(GenExample(msgs, gen_answer(risk, cats, False)))
-            else:
-                group.append(GenExample([{"role": "user", "content": content}],
-                                        gen_answer(risk, cats, None)))
-        groups.append(group)
-    return groups

@@ -49,8 +49,8 @@ SHORT_TEMPLATE = (
 class GenSettings:
     hidden_size: int = 128
     layers: int = 2
-    heads: int = 3
-    kv_heads: int = 3
+    heads: int = 4
+    kv_heads: int = 4
     intermediate: int = 384
     lr: float = 2e-3
     warmup: int = 20
@@ -78,80 +78,41 @@ def gen_config(vocab_size: int, eos_id: int, pad_id: int, s: GenSettings) -> Any
     )
 
 
-def cache_kwarg(module: Any) -> str:
-    """The name of the KV-cache argument (``cache`` in recent transformers)."""
-    import inspect
-
-    params = inspect.signature(module.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def output_cache(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values", None)
-
-
 @dataclass
 class _Item:
     ids: list[int]
     n_answer: int  # the last n_answer ids are the answer (ending with <|im_end|>)
 
 
-def _common_prefix(items: Sequence[_Item]) -> int:
-    prefix = items[0].ids
-    n = len(prefix)
-    for it in items:
-        body = it.ids[: len(it.ids) - it.n_answer - 1]
-        k = 0
-        for a, b in zip(prefix[:n], body):
-            if a != b:
-                break
-            k += 1
-        n = k
-    return n
-
-
-def _batches(items: list[_Item], batch_tokens: int, max_batch: int, share_prefix: bool
-             ) -> list[tuple[list[int], list[_Item]]]:
-    """Length-sorted batches; with ``share_prefix`` the common head is split off."""
-    p = _common_prefix(items) if share_prefix else 0
-    prefix = items[0].ids[:p]
-    out: list[tuple[list[int], list[_Item]]] = []
+def _batches(items: list[_Item], batch_tokens: int, max_batch: int) -> list[list[_Item]]:
+    """Length-sorted batches of at most ``batch_tokens`` (padded) tokens."""
+    out: list[list[_Item]] = []
     cur: list[_Item] = []
     for it in sorted(items, key=lambda it: len(it.ids)):
-        width = len(it.ids) - p
-        if cur and ((len(cur) + 1) * width > batch_tokens or len(cur) >= max_batch):
-            out.append((prefix, cur))
+        if cur and ((len(cur) + 1) * len(it.ids) > batch_tokens or len(cur) >= max_batch):
+            out.append(cur)
             cur = []
         cur.append(it)
     if cur:
-        out.append((prefix, cur))
+        out.append(cur)
     return out
 
 
-def _loss(model: Any, prefix: list[int], batch: list[_Item], pad_id: int) -> Any:
+def _loss(model: Any, batch: list[_Item], pad_id: int) -> Any:
     import torch
     import torch.nn.functional as F
 
-    p = len(prefix)
-    extra: dict[str, Any] = {}
-    if p:
-        out = model.model(input_ids=torch.tensor([prefix]), use_cache=True)
-        cache = output_cache(out)
-        cache.batch_repeat_interleave(len(batch))
-        extra = {cache_kwarg(model.model): cache, "use_cache": True}
-    width = max(len(it.ids) for it in batch) - p
+    width = max(len(it.ids) for it in batch)
     rows, pos, tgt = [], [], []
     # Right padding: real tokens never see the pads (causal attention), pads get no loss.
     x = torch.full((len(batch), width), pad_id, dtype=torch.long)
     for b, it in enumerate(batch):
-        rest = it.ids[p:]
-        x[b, : len(rest)] = torch.tensor(rest)
-        for j in range(len(rest) - it.n_answer, len(rest)):
+        x[b, : len(it.ids)] = torch.tensor(it.ids)
+        for j in range(len(it.ids) - it.n_answer, len(it.ids)):
             rows.append(b)
             pos.append(j - 1)
-            tgt.append(rest[j])
-    h = model.model(input_ids=x, **extra).last_hidden_state
+            tgt.append(it.ids[j])
+    h = model.model(input_ids=x).last_hidden_state
     logits = model.lm_head(h[torch.tensor(rows), torch.tensor(pos)])
     return F.cross_entropy(logits.float(), torch.tensor(tgt))
 
@@ -231,17 +192,17 @@ class _Trainer:
         self.step = 0
         self.total = max(1, total_steps)
 
-    def epoch(self, batches: list[tuple[list[int], list[_Item]]], lr_scale: float = 1.0) -> float:
+    def epoch(self, batches: list[list[_Item]]) -> float:
         import torch
 
         order = list(range(len(batches)))
         self.rng.shuffle(order)
         last = 0.0
         for i in order:
-            prefix, batch = batches[i]
+            batch = batches[i]
             for g in self.opt.param_groups:
-                g["lr"] = self.s.lr * lr_scale * _schedule(self.step, self.s.warmup, self.total)
-            loss = _loss(self.model, prefix, batch, self.pad_id)
+                g["lr"] = self.s.lr * _schedule(self.step, self.s.warmup, self.total)
+            loss = _loss(self.model, batch, self.pad_id)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -278,7 +239,7 @@ def train_gen(tok: Any, seed: int, s: GenSettings | None = None, strict: bool = 
     t_marker = feats.answer_marker_ids[0]
     batches = [b for ex in sets.values()
                for b in _batches(_items(short, ex, im_end, keep, t_marker), s.batch_tokens,
-                                 s.max_batch, False)]
+                                 s.max_batch)]
     log.info("gen data: %d batches in %.1fs", len(batches), time.time() - t0)
     trainer = _Trainer(model, s, rng, pad_id, s.epochs * len(batches))
     loss = 0.0

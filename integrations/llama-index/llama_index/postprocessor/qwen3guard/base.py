@@ -9,7 +9,8 @@ from typing import Any, Literal
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
-from qwen3guard import Decision, Qwen3Guard, Verdict
+
+from qwen3guard import Decision, GuardOutputError, GuardUnavailableError, Qwen3Guard, Verdict
 
 from ._common import (
     METADATA_KEY,
@@ -26,6 +27,7 @@ Action = Literal["drop", "raise", "annotate"]
 
 _RETRIEVAL = "retrieval"
 _INPUT = "input"
+_GUARD_FAILURES = (GuardUnavailableError, GuardOutputError)
 
 
 class Qwen3GuardNodePostprocessor(BaseNodePostprocessor):
@@ -94,7 +96,10 @@ class Qwen3GuardNodePostprocessor(BaseNodePostprocessor):
         plan = _Plan(self, guard, nodes, query_bundle)
         results: list[Verdict | BaseException] = []
         for chunk in plan.chunks(self.batch_size):
-            results.extend(guard.check_batch(chunk, return_exceptions=True))
+            try:
+                results.extend(guard.check_batch(chunk, return_exceptions=True))
+            except _GUARD_FAILURES as exc:  # the whole batch could not be judged
+                results.extend([exc] * len(chunk))
         return plan.finish(results)
 
     # -- async --------------------------------------------------------------------------------
@@ -110,7 +115,10 @@ class Qwen3GuardNodePostprocessor(BaseNodePostprocessor):
 
         async def run(chunk: list[Any]) -> list[Verdict | BaseException]:
             async with semaphore:
-                return await guard.acheck_batch(chunk, return_exceptions=True)
+                try:
+                    return await guard.acheck_batch(chunk, return_exceptions=True)
+                except _GUARD_FAILURES as exc:  # the whole batch could not be judged
+                    return [exc] * len(chunk)
 
         parts = await asyncio.gather(*(run(c) for c in plan.chunks(self.batch_size)))
         return plan.finish([r for part in parts for r in part])
@@ -123,8 +131,14 @@ class Qwen3GuardNodePostprocessor(BaseNodePostprocessor):
         info = (
             decision_info(decision)
             if decision is not None
-            else {"allowed": True, "surface": _RETRIEVAL, "reason": "nothing to judge",
-                  "risk": None, "categories": [], "refusal": None}
+            else {
+                "allowed": True,
+                "surface": _RETRIEVAL,
+                "reason": "nothing to judge",
+                "risk": None,
+                "categories": [],
+                "refusal": None,
+            }
         )
         node.metadata = {**nws.node.metadata, self.metadata_key: info}
         for attr in ("excluded_llm_metadata_keys", "excluded_embed_metadata_keys"):
@@ -176,13 +190,17 @@ class _Plan:
                 raise violation(decision, self.query)
         out: list[NodeWithScore] = []
         for nws, slot in zip(self.nodes, self.node_slots):
-            decision = None if slot is None else decide_result(self.guard, results[slot], _RETRIEVAL)
+            decision = (
+                None if slot is None else decide_result(self.guard, results[slot], _RETRIEVAL)
+            )
             if self.pp.action == "annotate":
                 out.append(self.pp._annotated(nws, decision))
                 continue
             if decision is not None and decision.blocked:
                 if self.pp.action == "raise":
-                    raise violation(decision, nws.node.get_content(metadata_mode=self.pp.metadata_mode))
+                    raise violation(
+                        decision, nws.node.get_content(metadata_mode=self.pp.metadata_mode)
+                    )
                 log.info("qwen3guard dropped node %s (%s)", nws.node.node_id, decision.reason)
                 continue
             out.append(nws)

@@ -1,0 +1,422 @@
+"""``Qwen3GuardChatModel``: a chat model that moderates itself.
+
+    llm = Qwen3GuardChatModel(llm=ChatOpenAI(...), guard=guard)    # or guard_chat_model(...)
+    agent = create_agent(llm, tools=[...])
+
+It behaves like the wrapped model (``bind_tools``, ``bind``, streaming, ``invoke`` / ``batch``
+and their async forms; ``with_structured_output`` delegates to the wrapped model's own and
+judges the request and the parsed result). Every call judges the prompt and moderates the
+answer through a Qwen3Guard-Stream session while it streams, so wherever the model is called
+from (a chain, an agent, a LangGraph graph streamed with ``stream_mode="messages"``,
+``astream_events``) what leaves it has been moderated: chunks are passed on as soon as the
+guard has scored them (see :mod:`langchain_qwen3guard._streaming`), and a flagged answer stops
+there with :class:`qwen3guard.Qwen3GuardViolation` (or, with ``exit_behavior="replace"``, one
+last chunk carrying the violation message).
+
+The wrapped model runs *outside* LangChain's callbacks: its own raw tokens never reach the
+caller's streaming handlers or traces as if they were this model's output; only the moderated
+chunks do. (Callbacks attached to the wrapped model itself still fire.)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import Any, Literal
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
+from langchain_core.tools import BaseTool
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from qwen3guard import Decision, InvalidInputError, Qwen3Guard, Surface
+
+from ._convert import (
+    METADATA_KEY,
+    GuardMessage,
+    decision_metadata,
+    format_violation,
+    message_text,
+    messages_to_guard,
+)
+from ._screen import ascreen, policy_of, resolve_guard, screen, violation
+from ._streaming import StreamRules, amoderate, moderate
+
+#: The prompt a session is opened with when the conversation has no user turn to judge.
+NEUTRAL_PROMPT = "(no user message)"
+
+# The wrapped model runs with no LangChain callbacks: an empty list, not None, so that the
+# callbacks of an enclosing run (taken from the context) are not inherited either.
+_INNER_CONFIG: RunnableConfig = {"callbacks": [], "run_name": "Qwen3GuardInnerLLM"}
+
+
+class Qwen3GuardChatModel(BaseChatModel):
+    """Wrap a chat model so that its prompts are judged and its answers moderated.
+
+    Args:
+        llm: the chat model to guard (or a runnable bound from one).
+        guard: the :class:`qwen3guard.Qwen3Guard`; ``None`` uses the process-wide default.
+        policy: a :class:`qwen3guard.Policy` for this model; ``None`` uses the guard's.
+        check_input: judge the prompt (surface ``input``) when the session opens; the wrapped
+            model starts at the same time, and nothing it says is passed on before the prompt
+            is allowed.
+        check_output: moderate the answer as it streams (surface ``output``).
+        exit_behavior: ``"error"`` raises :class:`qwen3guard.Qwen3GuardViolation`;
+            ``"replace"`` ends the answer with ``violation_message`` instead.
+        holdback_tokens: see :class:`langchain_qwen3guard.Qwen3GuardRunnable`.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    llm: Runnable[Any, Any]
+    guard: Any = Field(default=None, exclude=True)
+    policy: Any = Field(default=None, exclude=True)
+    check_input: bool = True
+    check_output: bool = True
+    exit_behavior: Literal["error", "replace"] = "error"
+    violation_message: str | None = None
+    holdback_tokens: int = 1
+
+    @model_validator(mode="after")
+    def _inherit_profile(self) -> Qwen3GuardChatModel:
+        inner = _base_model(self.llm)
+        if self.profile is None and inner is not None and inner.profile is not None:
+            object.__setattr__(self, "profile", inner.profile)
+        return self
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return False
+
+    @property
+    def _llm_type(self) -> str:
+        return "qwen3guard-chat-model"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        inner = _base_model(self.llm)
+        return {
+            "guarded": dict(getattr(inner, "_identifying_params", {}) or {}),
+            "guarded_type": getattr(inner, "_llm_type", type(self.llm).__name__),
+        }
+
+    @property
+    def model_name(self) -> str | None:
+        """The wrapped model's name (some integrations choose features by it)."""
+        inner = _base_model(self.llm)
+        for attr in ("model_name", "model", "model_id"):
+            value = getattr(inner, attr, None)
+            if isinstance(value, str):
+                return value
+        return None
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
+        inner = _base_model(self.llm)
+        if inner is not None:
+            try:
+                params = inner._get_ls_params(stop=stop, **kwargs)
+            except Exception:  # noqa: BLE001 - tracing metadata only
+                return super()._get_ls_params(stop=stop, **kwargs)
+            return params
+        return super()._get_ls_params(stop=stop, **kwargs)
+
+    # -- passing through ------------------------------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[Any, Any]:
+        """The wrapped model's ``bind_tools``, still guarded."""
+        inner = self.llm
+        if tool_choice is not None:
+            kwargs["tool_choice"] = tool_choice
+        if hasattr(inner, "bind_tools"):
+            bound = inner.bind_tools(tools, **kwargs)
+        elif isinstance(inner, RunnableBinding) and hasattr(inner.bound, "bind_tools"):
+            bound = inner.bound.bind_tools(tools, **kwargs).bind(**inner.kwargs)
+        else:
+            raise NotImplementedError(f"{type(inner).__name__} has no bind_tools()")
+        return self.model_copy(update={"llm": bound})
+
+    def with_structured_output(
+        self, schema: dict[str, Any] | type, *, include_raw: bool = False, **kwargs: Any
+    ) -> Runnable[Any, Any]:
+        """The wrapped model's own ``with_structured_output`` (native JSON modes keep
+        working), between a check of the request and a check of the parsed result (as
+        JSON, judged as the answer to the request). A blocked request or result raises
+        :class:`qwen3guard.Qwen3GuardViolation` (a structured result cannot be replaced)."""
+        inner = _base_model(self.llm) or self.llm
+        structured = inner.with_structured_output(schema, include_raw=include_raw, **kwargs)
+        return _GuardedStructured(guarded=self, structured=structured).with_config(
+            run_name="Qwen3GuardStructuredOutput"
+        )
+
+    # -- generation -----------------------------------------------------------------------------
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        from langchain_core.language_models.chat_models import generate_from_stream
+
+        return generate_from_stream(self._stream(messages, stop=stop, **kwargs))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        from langchain_core.language_models.chat_models import agenerate_from_stream
+
+        return await agenerate_from_stream(self._astream(messages, stop=stop, **kwargs))
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        conversation = messages_to_guard(messages)
+        source = self._inner_stream(messages, stop, kwargs)
+        guard = resolve_guard(self.guard)
+        if not self.check_output:
+            if self.check_input:
+                decision = screen(self.guard, self.policy, conversation, Surface.INPUT)
+                if decision.blocked:
+                    yield from self._blocked(decision, _last_text(conversation))
+                    return
+            yield from source
+            return
+        prompt = _session_prompt(conversation)
+        kw = self._session_kwargs()
+        yield from moderate(
+            source,
+            open_session=lambda: _open(guard, prompt, kw),
+            text_of=_chunk_text,
+            rules=self._rules(guard, conversation),
+        )
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        conversation = messages_to_guard(messages)
+        source = self._inner_astream(messages, stop, kwargs)
+        guard = resolve_guard(self.guard)
+        if not self.check_output:
+            if self.check_input:
+                decision = await ascreen(self.guard, self.policy, conversation, Surface.INPUT)
+                if decision.blocked:
+                    for item in self._blocked(decision, _last_text(conversation)):
+                        yield item
+                    return
+            async for chunk in source:
+                yield chunk
+            return
+        prompt = _session_prompt(conversation)
+        kw = self._session_kwargs()
+        async for chunk in amoderate(
+            source,
+            open_session=lambda: _aopen(guard, prompt, kw),
+            text_of=_chunk_text,
+            rules=self._rules(guard, conversation),
+        ):
+            yield chunk
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _inner_stream(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> Iterator[ChatGenerationChunk]:
+        if stop is not None:
+            kwargs = {**kwargs, "stop": stop}
+        for chunk in self.llm.stream(messages, config=dict(_INNER_CONFIG), **kwargs):
+            yield _as_generation_chunk(chunk)
+
+    async def _inner_astream(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        if stop is not None:
+            kwargs = {**kwargs, "stop": stop}
+        async for chunk in self.llm.astream(messages, config=dict(_INNER_CONFIG), **kwargs):
+            yield _as_generation_chunk(chunk)
+
+    def _session_kwargs(self) -> dict[str, Any]:
+        return {"policy": self.policy} if self.policy is not None else {}
+
+    def _rules(self, guard: Qwen3Guard, conversation: list[GuardMessage]) -> StreamRules:
+        return StreamRules(
+            policy=policy_of(guard, self.policy),
+            on_block=self._blocked,
+            holdback_tokens=self.holdback_tokens,
+            prompt_surface=Surface.INPUT if self.check_input else None,
+            prompt_text=_last_text(conversation),
+        )
+
+    def _blocked(self, decision: Decision, content: str) -> list[ChatGenerationChunk]:
+        if self.exit_behavior != "replace":
+            raise violation(decision, content)
+        text = format_violation(self.violation_message, decision)
+        meta = {METADATA_KEY: decision_metadata(decision)}
+        return [
+            ChatGenerationChunk(
+                message=AIMessageChunk(content=text, response_metadata=meta), generation_info=meta
+            )
+        ]
+
+
+class _GuardedStructured(Runnable[Any, Any]):
+    """request check -> the wrapped model's structured output -> result check."""
+
+    def __init__(self, guarded: Qwen3GuardChatModel, structured: Runnable[Any, Any]) -> None:
+        self.guarded = guarded
+        self.structured = structured
+
+    def _conversation(self, input: LanguageModelInput) -> list[GuardMessage]:
+        return messages_to_guard(self.guarded._convert_input(input).to_messages())
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        g = self.guarded
+        conv = self._conversation(input)
+        if g.check_input:
+            decision = screen(g.guard, g.policy, conv, Surface.INPUT)
+            if decision.blocked:
+                raise violation(decision, _last_text(conv))
+        result = self.structured.invoke(input, config, **kwargs)
+        if g.check_output:
+            text = _structured_text(result)
+            decision = screen(
+                g.guard, g.policy, [*conv, {"role": "assistant", "content": text}], Surface.OUTPUT
+            )
+            if decision.blocked:
+                raise violation(decision, text)
+        return result
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        g = self.guarded
+        conv = self._conversation(input)
+        if g.check_input:
+            decision = await ascreen(g.guard, g.policy, conv, Surface.INPUT)
+            if decision.blocked:
+                raise violation(decision, _last_text(conv))
+        result = await self.structured.ainvoke(input, config, **kwargs)
+        if g.check_output:
+            text = _structured_text(result)
+            decision = await ascreen(
+                g.guard, g.policy, [*conv, {"role": "assistant", "content": text}], Surface.OUTPUT
+            )
+            if decision.blocked:
+                raise violation(decision, text)
+        return result
+
+
+def guard_chat_model(
+    llm: Runnable[Any, Any], guard: Qwen3Guard | None = None, **kwargs: Any
+) -> Qwen3GuardChatModel:
+    """``Qwen3GuardChatModel(llm=llm, guard=guard, **kwargs)``."""
+    return Qwen3GuardChatModel(llm=llm, guard=guard, **kwargs)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _base_model(llm: Any) -> BaseChatModel | None:
+    while isinstance(llm, RunnableBinding):
+        llm = llm.bound
+    if isinstance(llm, Qwen3GuardChatModel):
+        return _base_model(llm.llm)
+    return llm if isinstance(llm, BaseChatModel) else None
+
+
+def _as_generation_chunk(chunk: Any) -> ChatGenerationChunk:
+    if isinstance(chunk, ChatGenerationChunk):
+        return chunk
+    if isinstance(chunk, AIMessageChunk):
+        return ChatGenerationChunk(message=chunk)
+    if isinstance(chunk, AIMessage):
+        return ChatGenerationChunk(
+            message=AIMessageChunk(
+                content=chunk.content,
+                id=chunk.id,
+                additional_kwargs=chunk.additional_kwargs,
+                response_metadata=chunk.response_metadata,
+                tool_call_chunks=[
+                    {
+                        "name": tc["name"],
+                        "args": json.dumps(tc["args"]),
+                        "id": tc.get("id"),
+                        "index": i,
+                        "type": "tool_call_chunk",
+                    }
+                    for i, tc in enumerate(chunk.tool_calls)
+                ],
+                usage_metadata=chunk.usage_metadata,
+            )
+        )
+    if isinstance(chunk, str):
+        return ChatGenerationChunk(message=AIMessageChunk(content=chunk))
+    raise TypeError(f"the guarded model streamed a {type(chunk).__name__}, not a message chunk")
+
+
+def _chunk_text(chunk: ChatGenerationChunk) -> str:
+    return message_text(chunk.message)
+
+
+def _session_prompt(conversation: list[GuardMessage]) -> list[GuardMessage]:
+    """The conversation a Stream session is opened with: the model's input, its last turn
+    judged as the request (a trailing assistant or system turn is what the model continues
+    from)."""
+    conv = list(conversation)
+    if conv and conv[-1]["role"] in ("assistant", "system"):
+        conv[-1] = {"role": "user", "content": conv[-1]["content"]}
+    return conv or [{"role": "user", "content": NEUTRAL_PROMPT}]
+
+
+def _open(guard: Qwen3Guard, prompt: list[GuardMessage], kw: dict[str, Any]) -> Any:
+    try:
+        return guard.open_stream(prompt, **kw)
+    except InvalidInputError:
+        return guard.open_stream([{"role": "user", "content": NEUTRAL_PROMPT}], **kw)
+
+
+async def _aopen(guard: Qwen3Guard, prompt: list[GuardMessage], kw: dict[str, Any]) -> Any:
+    try:
+        return await guard.aopen_stream(prompt, **kw)
+    except InvalidInputError:
+        return await guard.aopen_stream([{"role": "user", "content": NEUTRAL_PROMPT}], **kw)
+
+
+def _last_text(conversation: list[GuardMessage]) -> str:
+    return conversation[-1]["content"] if conversation else ""
+
+
+def _structured_text(result: Any) -> str:
+    if isinstance(result, dict) and "parsed" in result and "raw" in result:
+        parsed = result.get("parsed")
+        result = parsed if parsed is not None else result.get("raw")
+    if isinstance(result, BaseMessage):
+        return message_text(result) or json.dumps(getattr(result, "tool_calls", []), default=str)
+    if isinstance(result, BaseModel):
+        return result.model_dump_json()
+    try:
+        return json.dumps(result, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return str(result)

@@ -1,0 +1,34 @@
+"""Qwen3Guard safety guardrails for LlamaIndex.
+
+- :class:`Qwen3GuardNodePostprocessor`: judge retrieved nodes before the LLM reads them
+  (indirect prompt injection, jailbreaks and unsafe content in retrieved context).
+- :class:`Qwen3GuardQueryEngine`: judge the query before retrieval and the answer after
+  synthesis; streamed answers are moderated token by token and cut off when flagged.
+- :func:`guard_tool`: screen a tool's arguments and output (``call`` and ``acall``).
+- :func:`moderate_agent_stream`: moderate a ``FunctionAgent`` / ``AgentWorkflow`` run's
+  streamed text and cancel the run when it turns unsafe.
+
+Every class takes an optional ``guard`` (a :class:`qwen3guard.Qwen3Guard`); without one the
+process-wide default (:func:`qwen3guard.get_default_guard`, configured from the environment) is
+built on first use.
+"""
+
+from qwen3guard import Qwen3GuardViolation
+
+from ._common import DEFAULT_VIOLATION_MESSAGE, METADATA_KEY
+from .agent import moderate_agent_stream
+from .base import Qwen3GuardNodePostprocessor
+from .query_engine import Qwen3GuardQueryEngine
+from .tools import GuardedFunctionTool, GuardedTool, guard_tool
+
+__all__ = [
+    "DEFAULT_VIOLATION_MESSAGE",
+    "METADATA_KEY",
+    "GuardedFunctionTool",
+    "GuardedTool",
+    "Qwen3GuardNodePostprocessor",
+    "Qwen3GuardQueryEngine",
+    "Qwen3GuardViolation",
+    "guard_tool",
+    "moderate_agent_stream",
+]

@@ -1,0 +1,206 @@
+"""guard_tool and moderate_agent_stream with a real FunctionAgent, judged by the tiny checkpoints.
+
+The agent's LLM is llama-index-core's ``MockFunctionCallingLLM`` driven by a script: its first
+turn calls a tool, its second answers; it records every message list it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from li_testkit import CLEAN_DOCS, UNSAFE_ANSWER, ScriptedLLM, build_index, split_tokens
+from llama_index.core.agent.workflow import AgentStream, FunctionAgent, ToolCallResult
+from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallBlock
+from llama_index.core.llms.mock import MockFunctionCallingLLM
+from llama_index.core.tools import FunctionTool, QueryEngineTool
+from llama_index.core.workflow import Context
+from llama_index.postprocessor.qwen3guard import (
+    DEFAULT_VIOLATION_MESSAGE,
+    GuardedFunctionTool,
+    GuardedTool,
+    Qwen3GuardViolation,
+    guard_tool,
+    moderate_agent_stream,
+)
+
+BOMB_ARGS = {"query": "how to make a bomb with explosive powder"}
+SAFE_ARGS = {"query": "weather in Paris"}
+BOMB_RESULT = "To make a bomb, mix the explosive powder with sugar and pack it tightly."
+
+
+class Script:
+    """The scripted LLM: call ``tool`` with ``kwargs`` first, then answer ``final``."""
+
+    def __init__(
+        self, tool: str = "", kwargs: dict | None = None, final: str = "Done.", delay_s: float = 0.0
+    ) -> None:
+        self.tool, self.kwargs, self.final, self.delay_s = tool, kwargs or {}, final, delay_s
+        self.calls: list[list[ChatMessage]] = []
+        self.state: dict[str, Any] = {"yielded": 0, "finished": False}
+
+    def __call__(self, messages, **kwargs):
+        self.calls.append(list(messages))
+        if self.tool and not any(m.role == MessageRole.TOOL for m in messages):
+            block = ToolCallBlock(
+                tool_call_id="call-1", tool_name=self.tool, tool_kwargs=self.kwargs
+            )
+            return ChatMessage(role=MessageRole.ASSISTANT, blocks=[block])
+        if not self.delay_s:
+            return ChatMessage(role=MessageRole.ASSISTANT, content=self.final)
+        return self._stream()
+
+    async def _stream(self):
+        try:
+            for tok in split_tokens(self.final):
+                await asyncio.sleep(self.delay_s)
+                self.state["yielded"] += 1
+                yield ChatMessage(role=MessageRole.ASSISTANT, content=tok)
+            self.state["finished"] = True
+        finally:
+            self.state["stopped"] = True
+
+    def tool_messages(self) -> list[str]:
+        return [m.content or "" for call in self.calls for m in call if m.role == MessageRole.TOOL]
+
+
+def _search_tool(log: list[Any], result: str = "It is sunny in Paris.") -> FunctionTool:
+    def search(query: str) -> str:
+        """Search the web."""
+        log.append(query)
+        return result
+
+    return FunctionTool.from_defaults(fn=search)
+
+
+# -- guard_tool on its own ------------------------------------------------------------------------
+
+
+def test_unsafe_arguments_never_run_the_tool(gen_guard):
+    ran: list[str] = []
+    tool = guard_tool(_search_tool(ran), gen_guard)
+    assert isinstance(tool, GuardedFunctionTool) and isinstance(tool, FunctionTool)
+    assert tool.metadata is tool.tool.metadata
+    with pytest.raises(Qwen3GuardViolation) as info:
+        tool.call(**BOMB_ARGS)
+    assert info.value.stage == "tool_call" and ran == []
+    assert tool.call(**SAFE_ARGS).content == "It is sunny in Paris." and ran == [SAFE_ARGS["query"]]
+
+
+async def test_unsafe_arguments_never_run_the_tool_async(gen_guard):
+    ran: list[str] = []
+    tool = guard_tool(_search_tool(ran), gen_guard, exit_behavior="replace")
+    out = await tool.acall(**BOMB_ARGS)
+    assert out.is_error and out.content == DEFAULT_VIOLATION_MESSAGE and ran == []
+    assert out.raw_output["qwen3guard"]["surface"] == "tool_call"
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_unsafe_tool_output_is_blocked(gen_guard, use_async):
+    ran: list[str] = []
+    tool = guard_tool(_search_tool(ran, BOMB_RESULT), gen_guard)
+    with pytest.raises(Qwen3GuardViolation) as info:
+        await tool.acall(**SAFE_ARGS) if use_async else tool(**SAFE_ARGS)
+    assert info.value.stage == "tool_result" and info.value.content == BOMB_RESULT
+    assert ran == [SAFE_ARGS["query"]]
+
+
+def test_any_base_tool_is_guarded(gen_guard):
+    # A QueryEngineTool (not a FunctionTool) whose engine answers with unsafe text.
+    engine = build_index(CLEAN_DOCS).as_query_engine(llm=ScriptedLLM(answer=UNSAFE_ANSWER))
+    qe_tool = QueryEngineTool.from_defaults(engine, name="docs", description="Search the docs.")
+    tool = guard_tool(qe_tool, gen_guard, exit_behavior="replace")
+    assert isinstance(tool, GuardedTool) and tool.metadata.name == "docs"
+    out = tool.call("Where is the Eiffel Tower?")
+    assert out.is_error and "bomb" not in out.content
+
+
+# -- a FunctionAgent with a guarded tool ----------------------------------------------------------
+
+
+async def test_agent_unsafe_arguments_never_run_the_tool(gen_guard):
+    ran: list[str] = []
+    script = Script(tool="search", kwargs=BOMB_ARGS)
+    agent = FunctionAgent(
+        tools=[guard_tool(_search_tool(ran), gen_guard)],
+        llm=MockFunctionCallingLLM(response_generator=script),
+        streaming=False,
+    )
+    handler = agent.run("Look something up for me.")
+    results = [ev async for ev in handler.stream_events() if isinstance(ev, ToolCallResult)]
+    await handler
+    assert ran == []  # the tool never ran
+    assert results and results[0].tool_output.is_error
+    assert isinstance(results[0].tool_output.exception, Qwen3GuardViolation)
+    assert len(script.calls) == 2
+    assert all("bomb" not in m for m in script.tool_messages())
+
+
+async def test_agent_unsafe_tool_result_never_reaches_the_llm(gen_guard):
+    ran: list[str] = []
+    script = Script(tool="search", kwargs=SAFE_ARGS)
+    agent = FunctionAgent(
+        tools=[guard_tool(_search_tool(ran, BOMB_RESULT), gen_guard)],
+        llm=MockFunctionCallingLLM(response_generator=script),
+        streaming=False,
+    )
+    response = await agent.run("What is the weather in Paris?")
+    assert ran == [SAFE_ARGS["query"]]  # the tool ran...
+    assert len(script.calls) == 2
+    tool_msgs = script.tool_messages()
+    assert tool_msgs and all("bomb" not in m and "explosive" not in m for m in tool_msgs)
+    assert str(response) == "Done."
+
+
+async def test_agent_context_tools_keep_their_context(gen_guard):
+    seen: list[Any] = []
+
+    async def remember(ctx: Context, note: str) -> str:
+        """Remember a note."""
+        seen.append(ctx)
+        await ctx.store.set("note", note)
+        return "Noted."
+
+    tool = guard_tool(FunctionTool.from_defaults(async_fn=remember), gen_guard)
+    assert tool.requires_context and tool.ctx_param_name == "ctx"
+    script = Script(tool="remember", kwargs={"note": "buy milk"})
+    agent = FunctionAgent(
+        tools=[tool], llm=MockFunctionCallingLLM(response_generator=script), streaming=False
+    )
+    await agent.run("Remember to buy milk.")
+    assert len(seen) == 1 and isinstance(seen[0], Context)
+    assert script.tool_messages() == ["Noted."]
+
+
+# -- moderating the agent's streamed answer -------------------------------------------------------
+
+
+async def test_agent_stream_is_cut_and_the_run_cancelled(guard):
+    script = Script(final=UNSAFE_ANSWER, delay_s=0.05)
+    agent = FunctionAgent(tools=[], llm=MockFunctionCallingLLM(response_generator=script))
+    handler = agent.run("Tell me about the tower.")
+    shown = ""
+    with pytest.raises(Qwen3GuardViolation) as info:
+        async for ev in moderate_agent_stream(handler, guard=guard):
+            if isinstance(ev, AgentStream):
+                shown += ev.delta
+    assert info.value.stage == "output" and info.value.verdict.is_unsafe
+    assert UNSAFE_ANSWER.startswith(shown) and " bomb" not in shown
+    assert handler.is_done()  # cancel_run() ended the run
+    assert script.state["finished"] is False
+    assert script.state["yielded"] < len(split_tokens(UNSAFE_ANSWER))
+
+
+async def test_agent_safe_stream_passes(guard):
+    answer = "The Eiffel Tower is in Paris and it is very tall."
+    script = Script(final=answer, delay_s=0.001)
+    agent = FunctionAgent(tools=[], llm=MockFunctionCallingLLM(response_generator=script))
+    handler = agent.run("Tell me about the tower.")
+    shown = ""
+    async for ev in moderate_agent_stream(handler, guard=guard):
+        if isinstance(ev, AgentStream):
+            shown += ev.delta
+    assert shown == answer
+    await handler  # the run completed (the mock's final message is only its last chunk)
+    assert script.state["finished"] is True

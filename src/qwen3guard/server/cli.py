@@ -1,0 +1,148 @@
+"""``qwen3guard serve``: arguments and entry point (called by ``qwen3guard.cli``).
+
+Imports nothing heavy at module level, so ``qwen3guard --help`` stays fast and a missing
+``server`` extra is reported when ``serve`` runs, not when the CLI starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+
+log = logging.getLogger("qwen3guard.server")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("QWEN3GUARD_MODEL"),
+        help="Gen checkpoint: a path, a hub id, or 'tiny' for the built-in "
+        "small checkpoint (default: $QWEN3GUARD_MODEL)",
+    )
+    parser.add_argument(
+        "--stream-model",
+        default=None,
+        help="Stream checkpoint (path, hub id or 'tiny') for /v1/stream; "
+        "without it stream sessions re-check with Gen",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("QWEN3GUARD_SERVER_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on /v1 routes "
+        "(default: $QWEN3GUARD_SERVER_API_KEY)",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: auto)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 ... (default: auto)")
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=32,
+        help="most conversations per Gen forward batch (default 32)",
+    )
+    parser.add_argument(
+        "--no-batching", action="store_true", help="one conversation per forward (max batch size 1)"
+    )
+    parser.add_argument(
+        "--served-model-name",
+        default=None,
+        help="the model id /v1/models reports (default: --model as given)",
+    )
+    parser.add_argument(
+        "--policy",
+        choices=["strict", "loose"],
+        default="strict",
+        help="decides 'flagged' in /v1/moderations (default strict)",
+    )
+    parser.add_argument("--max-request-bytes", type=int, default=1_000_000)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as exc:
+        print(
+            f"error: qwen3guard serve needs the server extra "
+            f"(pip install 'qwen3guard[server]'): {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    from ..guard import Qwen3Guard
+    from ..policy import Policy
+
+    if not args.model:
+        print("error: --model is required (or set QWEN3GUARD_MODEL)", file=sys.stderr)
+        return 2
+    if args.max_batch_size < 1:
+        print("error: --max-batch-size must be >= 1", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    model = args.model
+    stream_model = args.stream_model
+    if "tiny" in (model, stream_model):
+        from ..tiny import ensure_built
+
+        root = ensure_built()
+        model = str(root / "gen") if model == "tiny" else model
+        stream_model = str(root / "stream") if stream_model == "tiny" else stream_model
+    if not _is_loopback(args.host) and not args.api_key:
+        log.warning(
+            "serving on %s without an API key: anyone who can reach this address can use the guard",
+            args.host,
+        )
+    guard = Qwen3Guard.from_pretrained(
+        model,
+        stream_model=stream_model,
+        device=args.device,
+        dtype=args.dtype,
+        policy=Policy(mode=args.policy),
+        max_new_tokens=args.max_new_tokens,
+        max_batch_size=1 if args.no_batching else args.max_batch_size,
+    )
+    app = create_app(
+        guard,
+        api_key=args.api_key,
+        served_model_name=args.served_model_name or args.model,
+        max_request_bytes=args.max_request_bytes,
+        close_guard=True,
+    )
+    log.info(
+        "qwen3guard serve: model %s%s on http://%s:%d (batching %s)",
+        model,
+        f" + stream {stream_model}" if stream_model else "",
+        args.host,
+        args.port,
+        "off" if args.no_batching else f"up to {args.max_batch_size}",
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        ws_max_size=max(args.max_request_bytes, 1 << 16),
+        timeout_graceful_shutdown=5,
+    )
+    return 0

@@ -1,0 +1,158 @@
+"""The cookbook notebooks run top to bottom on the built-in small checkpoints.
+
+Each notebook is executed with ``nbclient`` in a fresh kernel of *this* interpreter (a kernel
+spec written for ``sys.executable``, so a user-level ``python3`` kernel elsewhere cannot be
+picked up), with ``QWEN3GUARD_MODEL`` / ``QWEN3GUARD_STREAM_MODEL`` pointing at the tiny
+checkpoints and ``QWEN3GUARD_COOKBOOK_OUT`` at a temporary directory for the files the notebooks
+write. The notebooks assert on their own results, so a broken notebook fails here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import signal
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+COOKBOOK = ROOT / "cookbook"
+NOTEBOOKS = sorted(COOKBOOK.glob("*.ipynb"))
+CELL_TIMEOUT_S = 300
+
+# Figures a notebook must have saved (in QWEN3GUARD_COOKBOOK_OUT).
+FIGURES = {
+    "01_quickstart": ["01_token_risk.png"],
+    "07_dataset_labeling": ["07_confusion_matrix.png"],
+}
+# Servers a notebook starts write their pid here; they must be gone when it ends.
+SERVER_PIDFILES = {"06_remote_deployment": "06_server.pid"}
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_cookbook_has_its_notebooks() -> None:
+    names = {p.stem for p in NOTEBOOKS}
+    assert {
+        "01_quickstart",
+        "02_lcel_streaming",
+        "03_agent_middleware",
+        "04_rag_langchain",
+        "05_llamaindex_rag",
+        "06_remote_deployment",
+        "07_dataset_labeling",
+        "08_rl_reward",
+    } <= names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_committed_without_outputs(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name}: a cell has outputs"
+            assert cell.execution_count is None, f"{path.name}: a cell has an execution count"
+    first_code = next(c.source for c in nb.cells if c.cell_type == "code")
+    # The models are variables at the top, overridable from the environment.
+    assert 'os.environ.get("QWEN3GUARD_MODEL", "Qwen/Qwen3Guard-Gen-' in first_code
+
+
+def test_notebooks_match_their_generator() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "make_notebooks", ROOT / "scripts/make_notebooks.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--check"]) == 0, "out of date: run python scripts/make_notebooks.py"
+
+
+@pytest.fixture(scope="session")
+def kernel_spec_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``python3`` kernel spec that runs this interpreter (the venv's python)."""
+    from ipykernel.kernelspec import write_kernel_spec
+
+    kernels = tmp_path_factory.mktemp("kernels")
+    write_kernel_spec(str(kernels / "python3"))
+    return kernels
+
+
+def _stop_leftover(pidfile: Path) -> bool:
+    """Kill the process group named in ``pidfile`` if it is still alive; True if it was."""
+    if not pidfile.exists():
+        return False
+    pid = int(pidfile.read_text().strip())
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(
+    path: Path,
+    gen_path: str,
+    stream_path: str,
+    kernel_spec_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    # The kernel (and any process it starts) inherits this environment.
+    monkeypatch.setenv("QWEN3GUARD_MODEL", gen_path)
+    monkeypatch.setenv("QWEN3GUARD_STREAM_MODEL", stream_path)
+    monkeypatch.setenv("QWEN3GUARD_COOKBOOK_OUT", str(out))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    for name in ("QWEN3GUARD_ENDPOINT", "QWEN3GUARD_POLICY"):  # nothing may redirect the guard
+        monkeypatch.delenv(name, raising=False)
+
+    nb = nbformat.read(path, as_version=4)
+    km = KernelManager(
+        kernel_name="python3",
+        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_spec_dir)]),
+    )
+    client = NotebookClient(
+        nb,
+        km=km,
+        timeout=CELL_TIMEOUT_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(COOKBOOK)}},
+    )
+    pidfile = out / SERVER_PIDFILES[path.stem] if path.stem in SERVER_PIDFILES else None
+    before = _listing()
+    t0 = time.perf_counter()
+    try:
+        client.execute()
+    finally:
+        lingered = pidfile is not None and _stop_leftover(pidfile)
+    print(f"{path.name}: executed in {time.perf_counter() - t0:.1f}s")
+
+    assert not lingered, f"{path.name} left its server running"
+    if pidfile is not None:
+        assert pidfile.exists(), f"{path.name} did not start its server"
+    for name in FIGURES.get(path.stem, []):
+        figure = out / name
+        assert figure.is_file(), f"{path.name} did not save {name}"
+        data = figure.read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5_000, f"{name} is not a real plot"
+    assert _listing() == before, "the notebook wrote into the repository"
+
+
+def _listing() -> set[str]:
+    """The files in the repository root and the cookbook (the notebooks' working directory)."""
+    return {str(p.relative_to(ROOT)) for d in (ROOT, COOKBOOK) for p in d.iterdir()}
