@@ -100,7 +100,9 @@ def test_label_and_resume_without_judging_twice(gen_guard, tmp_path: Path) -> No
     counting.judged.clear()
     stats = label_file(counting, src, out, batch_size=3, progress=False)
     assert stats["skipped"] == 4 and stats["labeled"] + stats["errors"] == 4
-    assert len(counting.judged) == 2  # rows 5 and 7; row 4 and 6 cannot be judged
+    # Only rows 4, 5 and 7 went to the guard again (row 6 names no content at all).
+    assert [c[-1]["content"] for c in counting.judged] == [
+        "", "How do I bake bread at home?", "How do I hack into my neighbor's wifi?"]
     assert _stable(out.read_text().splitlines()) == _stable(lines)
 
     # Nothing left to do: nothing judged.
