@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["gen", "stream"], default="gen")
     p.add_argument("--stream-model", default=None)
     p.add_argument("--report", help="write the JSON report here")
+    p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
+                   help="stream mode: answers are thinking-mode answers (default: when they "
+                   "contain a <think> block)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--no-progress", action="store_true")
     _add_model_args(p)

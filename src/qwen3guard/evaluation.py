@@ -751,9 +751,10 @@ def evaluate_stream(
 def format_summary(report: Mapping[str, Any]) -> str:
     """The human-readable summary ``qwen3guard eval`` prints."""
     m = report["metrics"]
+    n_err = len(report["errors"])
     lines = [
         f"{report['mode']} eval: {report['rows']} rows, {report['scored']} scored, "
-        f"{len(report['errors'])} errors"
+        f"{n_err} not judged" + (" (listed under 'errors' in the report)" if n_err else "")
     ]
     for mode in ("strict", "loose"):
         s = m[mode]
@@ -763,20 +764,24 @@ def format_summary(report: Mapping[str, Any]) -> str:
             f"tn={s['tn']})"
         )
     cols = (*PRED_LABELS, ERROR)
-    lines.append("confusion (gold \\ predicted): " + "  ".join(f"{c:>13}" for c in cols))
+    corner = "gold \\ predicted"
+    lines.append(f"  {corner:<18}" + "".join(f"{c:>15}" for c in cols))
     for g in GOLD_LABELS:
-        lines.append(f"  {g:<26} " + "  ".join(f"{m['confusion'][g][c]:>13}" for c in cols))
+        lines.append(f"  {g:<18}" + "".join(f"{m['confusion'][g][c]:>15}" for c in cols))
     lat = report.get("latency")
     if lat is not None:
-        lines.append(
-            f"latency over {lat['count']} unsafe rows: "
-            + " | ".join(f"{b} {lat['bins'][b]}" for b in LATENCY_BINS)
-        )
-        lines.append(
-            f"exact hit rate: {lat['exact_hit_rate']:.4f}  "
-            f"hit within 128 tokens: {lat['hit_within_128_rate']:.4f}"
-        )
-        if lat.get("unsafe_rows_without_span"):
+        if lat["count"]:
+            lines.append(
+                f"latency over {lat['count']} unsafe answers: "
+                + " | ".join(f"{b} {lat['bins'][b]}" for b in LATENCY_BINS)
+            )
+            lines.append(
+                f"exact hit rate: {lat['exact_hit_rate']:.4f}  "
+                f"hit within 128 tokens: {lat['hit_within_128_rate']:.4f}"
+            )
+        else:
+            lines.append("latency: no unsafe answer with unsafe_start_index/unsafe_end_index")
+        if lat["count"] and lat.get("unsafe_rows_without_span"):
             lines.append(
                 f"({lat['unsafe_rows_without_span']} unsafe answers have no "
                 "unsafe_start_index/unsafe_end_index: left out of the latency)"
@@ -803,10 +808,11 @@ def _build_guard(args: Any) -> Any:
         from .guard import DEFAULT_STREAM_MODEL
 
         stream_model = TINY if getattr(args, "model", None) == TINY else DEFAULT_STREAM_MODEL
-    _, stream_path = _resolve_models(getattr(args, "model", None) or TINY, stream_model)
+    if stream_model == TINY:  # the built-in checkpoints' stream/ directory
+        _, stream_model = _resolve_models(TINY, TINY)
     return Qwen3Guard.from_pretrained(
         None,
-        stream_model=stream_path,
+        stream_model=stream_model,
         device=getattr(args, "device", None),
         dtype=getattr(args, "dtype", None),
         policy=Policy(mode=getattr(args, "policy", None) or "strict"),
