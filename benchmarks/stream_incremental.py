@@ -3,19 +3,25 @@
     .venv/bin/python benchmarks/stream_incremental.py [--threads 1] [--lengths 128 512 2048]
 
 - ours: ``guard.open_stream(prompt)`` then ``session.feed_ids([id])`` per answer token (one
-  incremental forward with the KV cache per token, plus debounce and bookkeeping); median of
-  3 sessions. Also ``feed_text`` one word per chunk (re-tokenization included);
+  incremental forward with the KV cache per token, plus debounce and bookkeeping);
 - official: a faithful re-implementation of ``stream_moderate_from_ids`` as the official
   remote code runs it: the growing id list is re-run in full for every new token, no cache
   (QwenLM/Qwen3Guard issue 22), and the last position's heads are read;
 - Gen fallback: a Gen-only guard's session (re-checking the accumulated answer with Gen every
   N tokens, and on close), at N = 32 and N = 200.
 
+"Per-token cost at L" is the mean cost per token of moderating an L-token answer.
+
 Runs on the built-in tiny checkpoints (CPU). Their context is 2048 tokens, prompt included;
 the Stream checkpoint is copied to a temporary directory with ``max_position_embeddings``
 raised to 8192 (a config-only change: RoPE works at any length) so a 2048-token answer fits.
-For long answers the official algorithm is timed at every ``stride``-th position and averaged
-(its cost depends only on the length, so this estimates the mean over all positions).
+
+Shared machines drift in load, so the measurements are interleaved: each round feeds one
+token to a session of every length (a session that reaches its length is closed and a new one
+opened, untimed) and, at sampled rounds, times the official algorithm at that position. Every
+length is therefore measured under the same conditions. The official algorithm's cost depends
+only on the position, so it is timed at every position below 128, every 4th below 512 and
+every 16th beyond, and averaged with those weights.
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -48,20 +53,73 @@ def answer_ids(tokenizer, n: int) -> list[int]:
         words *= 2
 
 
-def time_ours(guard, ids: list[int], repeats: int = 3) -> float:
-    """Median over ``repeats`` sessions of the mean cost of ``feed_ids([id])``."""
-    runs = []
-    for _ in range(repeats):
-        s = guard.open_stream(PROMPT)
+def stride_at(position: int) -> int:
+    return 1 if position < 128 else 4 if position < 512 else 16
+
+
+class Official:
+    """The official algorithm: re-run the whole growing prefix for each new token."""
+
+    def __init__(self, backend) -> None:
+        import torch
+
+        self.torch = torch
+        plan = backend.plan_prompt([{"role": "user", "content": PROMPT}])
+        tail = backend.tokenizer(plan.tail, add_special_tokens=False)["input_ids"]
+        self.prefix = plan.ids + tail
+        self.model = backend.model
+        self.labels = backend.labels
+        with torch.inference_mode():  # the user turn, as the official code does first
+            self.model(input_ids=torch.tensor([self.prefix]))
+
+    def step(self, answer: list[int], position: int) -> float:
+        torch = self.torch
+        seq = self.prefix + answer[: position + 1]
         t0 = time.perf_counter()
-        for i in ids:
-            s.feed_ids([i])
-        runs.append((time.perf_counter() - t0) / len(ids))
-        s.close()
-    return statistics.median(runs)
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([seq]))  # no cache
+            risk = torch.softmax(out.risk_level_logits[0, -1].float(), -1)
+            cat = torch.softmax(out.category_logits[0, -1].float(), -1)
+            _ = (
+                self.labels.risk[int(risk.argmax())],
+                float(risk.max()),
+                self.labels.category[int(cat.argmax())],
+                float(cat.max()),
+            )
+        return time.perf_counter() - t0
 
 
-def time_ours_text(guard, text: str, n_tokens: int) -> float:
+def measure(guard, ids: list[int], lengths: list[int]) -> tuple[dict, dict]:
+    """Interleaved: per-token cost of ours for each answer length, and of the official
+    algorithm averaged over the positions below each length."""
+    official = Official(guard.stream)
+    sessions: dict[int, list] = {n: [None, 0] for n in lengths}
+    ours: dict[int, list[float]] = {n: [] for n in lengths}
+    samples: list[tuple[int, float]] = []  # (position, cost)
+    for k in range(max(lengths)):
+        for n in lengths:
+            state = sessions[n]
+            if state[0] is None or state[1] == n:
+                if state[0] is not None:
+                    state[0].close()
+                state[0], state[1] = guard.open_stream(PROMPT), 0
+            t0 = time.perf_counter()
+            state[0].feed_ids([ids[state[1]]])
+            ours[n].append(time.perf_counter() - t0)
+            state[1] += 1
+        if k % stride_at(k) == 0:
+            samples.append((k, official.step(ids, k)))
+    for state in sessions.values():
+        state[0].close()
+    ours_mean = {n: sum(v) / len(v) for n, v in ours.items()}
+    official_mean = {}
+    for n in lengths:
+        pts = [(stride_at(p), c) for p, c in samples if p < n]
+        official_mean[n] = sum(w * c for w, c in pts) / sum(w for w, _ in pts)
+    return ours_mean, official_mean
+
+
+def time_ours_text(guard, text: str) -> float:
     """``feed_text`` with one word per chunk (re-tokenization included), per answer token."""
     s = guard.open_stream(PROMPT)
     words = text.split(" ")
@@ -69,35 +127,7 @@ def time_ours_text(guard, text: str, n_tokens: int) -> float:
     for k, w in enumerate(words):
         s.feed_text(w if k == 0 else " " + w)
     s.close()
-    dt = time.perf_counter() - t0
-    return dt / max(1, s.tokens_seen)
-
-
-def time_official(backend, ids: list[int], stride: int) -> float:
-    """The official algorithm: re-run the whole growing prefix for each new token."""
-    import torch
-
-    plan = backend.plan_prompt([{"role": "user", "content": PROMPT}])
-    prefix = plan.ids + backend.tokenizer(plan.tail, add_special_tokens=False)["input_ids"]
-    model = backend.model
-    labels = backend.labels
-    costs = []
-    with torch.inference_mode():
-        model(input_ids=torch.tensor([prefix]))  # the user turn, as the official code does
-        for k in range(0, len(ids), stride):
-            seq = prefix + ids[: k + 1]
-            t0 = time.perf_counter()
-            out = model(input_ids=torch.tensor([seq]))  # no cache
-            risk = torch.softmax(out.risk_level_logits[0, -1].float(), -1)
-            cat = torch.softmax(out.category_logits[0, -1].float(), -1)
-            _ = (
-                labels.risk[int(risk.argmax())],
-                float(risk.max()),
-                labels.category[int(cat.argmax())],
-                float(cat.max()),
-            )
-            costs.append(time.perf_counter() - t0)
-    return sum(costs) / len(costs)
+    return (time.perf_counter() - t0) / max(1, s.tokens_seen)
 
 
 def time_fallback(gen_guard, tokenizer, n_tokens: int, every: int) -> tuple[float, int]:
@@ -107,8 +137,7 @@ def time_fallback(gen_guard, tokenizer, n_tokens: int, every: int) -> tuple[floa
     for i in ids:
         s.feed_ids([i])
     s.close()
-    dt = time.perf_counter() - t0
-    return dt / len(ids), s.checks_run
+    return (time.perf_counter() - t0) / len(ids), s.checks_run
 
 
 def main() -> int:
@@ -118,6 +147,7 @@ def main() -> int:
     ap.add_argument("--fallback-lengths", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = ap.parse_args()
+    lengths = sorted(set(args.lengths))
 
     import torch
 
@@ -133,7 +163,7 @@ def main() -> int:
         cfg_path = stream_dir / "config.json"
         cfg = json.loads(cfg_path.read_text())
         orig_ctx = cfg.get("max_position_embeddings")
-        need = max(args.lengths) + 256
+        need = max(lengths) + 256
         if orig_ctx is None or orig_ctx < need:
             cfg["max_position_embeddings"] = max(8192, need)
             cfg_path.write_text(json.dumps(cfg, indent=2))
@@ -143,31 +173,26 @@ def main() -> int:
         print(
             f"tiny Stream checkpoint: {cfg.get('num_hidden_layers')} layers, hidden "
             f"{cfg.get('hidden_size')}, context {orig_ctx} -> {backend.max_context_tokens} "
-            f"(config-only copy); torch threads {torch.get_num_threads()}; CPU"
+            f"(config-only copy); torch threads {torch.get_num_threads()}; CPU; "
+            f"fast decode path: {'on' if backend._fast is not None else 'off'}"
         )
-        # Warm-up.
-        time_ours(guard, answer_ids(tok, 32))
-        time_official(backend, answer_ids(tok, 16), 1)
+        ids = answer_ids(tok, max(lengths))
+        measure(guard, ids[:64], [16, 64])  # warm-up
+        ours, official = measure(guard, ids, lengths)
+        text_cost = time_ours_text(guard, tok.decode(ids))
 
-        results = {}
         print(
             f"\n{'answer tokens':>14} {'ours ms/token':>14} {'official ms/token':>18} "
-            f"{'speed-up':>9} {'ours feed_text':>15}  (official stride)"
+            f"{'speed-up':>9}"
         )
-        for n in args.lengths:
-            ids = answer_ids(tok, n)
-            ours = time_ours(guard, ids)
-            stride = 1 if n <= 128 else max(1, n // 128)
-            official = time_official(backend, ids, stride)
-            text = time_ours_text(guard, tok.decode(ids), n)
-            results[n] = (ours, official)
+        for n in lengths:
             print(
-                f"{n:>14} {ours * 1e3:>14.3f} {official * 1e3:>18.3f} "
-                f"{official / ours:>8.1f}x {text * 1e3:>15.3f}  ({stride})"
+                f"{n:>14} {ours[n] * 1e3:>14.3f} {official[n] * 1e3:>18.3f} "
+                f"{official[n] / ours[n]:>8.1f}x"
             )
-        lo, hi = min(args.lengths), max(args.lengths)
-        flat = results[hi][0] / results[lo][0]
-        speedup = results[hi][1] / results[hi][0]
+        lo, hi = lengths[0], lengths[-1]
+        flat = ours[hi] / ours[lo]
+        speedup = official[hi] / ours[hi]
         print(
             f"\nours at {hi} vs ours at {lo}: {flat:.2f}x (target <= 1.5x) "
             f"{'OK' if flat <= 1.5 else 'MISSED'}"
@@ -175,6 +200,10 @@ def main() -> int:
         print(
             f"speed-up at {hi} tokens: {speedup:.1f}x (target >= 20x) "
             f"{'OK' if speedup >= 20 else 'MISSED'}"
+        )
+        print(
+            f"ours with feed_text (one word per chunk, re-tokenization included), "
+            f"{max(lengths)} tokens: {text_cost * 1e3:.3f} ms/token"
         )
         guard.close()
 
@@ -188,8 +217,7 @@ def main() -> int:
             for every in (32, 200):
                 per_tok, checks = time_fallback(gen_guard, gtok, n, every)
                 fb[(n, every)] = per_tok
-                ours_n = results.get(n, (None,))[0]
-                ratio = f"{per_tok / ours_n:7.1f}x" if ours_n else "      -"
+                ratio = f"{per_tok / ours[n]:7.1f}x" if n in ours else "      -"
                 print(f"{n:>14} {every:>5} {per_tok * 1e3:>10.3f} {checks:>7} {ratio:>8}")
         gen_guard.close()
         if args.json:
@@ -197,7 +225,7 @@ def main() -> int:
                 json.dumps(
                     {
                         "stream": {
-                            str(n): {"ours_s": o, "official_s": f} for n, (o, f) in results.items()
+                            str(n): {"ours_s": ours[n], "official_s": official[n]} for n in lengths
                         },
                         "fallback": {f"{n}/{e}": v for (n, e), v in fb.items()},
                     }

@@ -129,3 +129,40 @@ def test_answer_starting_with_a_newline_merges_with_the_template(guard: Qwen3Gua
     s.close()
     fed, _, _ = s._logits_trace()
     assert fed == body[-len(fed) :]
+
+
+def test_fast_path_is_used_and_agrees_with_the_transformers_path(guard: Qwen3Guard) -> None:
+    import torch
+
+    from qwen3guard.stream.local import LocalStreamBackend, LocalStreamSession
+
+    fast = guard.stream
+    assert fast._fast is not None, "the tiny checkpoint should take the fast decode path"
+    slow = LocalStreamBackend(
+        fast.model_id, model=fast.model, tokenizer=fast.tokenizer, fast_path=False
+    )
+    assert slow._fast is None
+    prompt, answer = CONVERSATIONS[2]
+    traces = []
+    for backend in (fast, slow):
+        with LocalStreamSession(backend, prompt, record_logits=True) as s:
+            for k in range(0, len(answer), 7):
+                s.feed_text(answer[k : k + 7])
+        traces.append(s._logits_trace())
+    assert traces[0][0] == traces[1][0]
+    assert torch.allclose(traces[0][1], traces[1][1], atol=TOL, rtol=0)
+    assert torch.allclose(traces[0][2], traces[1][2], atol=TOL, rtol=0)
+
+
+def test_a_fast_path_that_disagrees_is_not_used(guard: Qwen3Guard, monkeypatch) -> None:
+    from qwen3guard.stream import fastpath
+    from qwen3guard.stream.local import LocalStreamBackend
+
+    real = fastpath.FastDecoder.hidden
+    monkeypatch.setattr(
+        fastpath.FastDecoder, "hidden", lambda self, ids, c: real(self, ids, c) + 0.5
+    )
+    b = LocalStreamBackend(
+        guard.stream.model_id, model=guard.stream.model, tokenizer=guard.stream.tokenizer
+    )
+    assert b._fast is None

@@ -184,6 +184,7 @@ def test_feed_text_in_small_chunks_flags_an_unsafe_answer(guard: Qwen3Guard) -> 
             if u.flagged and flagged_at_char is None:
                 flagged_at_char = k + 2
         final = s.close()
+        tvs.extend(final.token_verdicts)
     assert final.flagged and flagged_at_char is not None
     first_unsafe = _first_keyword_token(tvs, UNSAFE_ANSWER, "explosive")
     assert first_unsafe <= final.flag_token_index <= first_unsafe + 2
