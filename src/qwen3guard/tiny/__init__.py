@@ -26,8 +26,10 @@ _HERE = Path(__file__).resolve().parent
 def source_hash() -> str:
     """A hash of the builder's own sources: a change to them means a new build."""
     h = hashlib.sha256()
-    for path in sorted(_HERE.glob("*")):
-        if path.suffix in (".py", ".jinja", ".json"):
+    # The Stream checkpoint is written through the model class, so its module counts too.
+    sources = [*sorted(_HERE.glob("*")), _HERE.parent / "stream" / "modeling.py"]
+    for path in sources:
+        if path.suffix in (".py", ".jinja", ".json") and path.is_file():
             h.update(path.name.encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:16]
