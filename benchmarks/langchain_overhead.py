@@ -1,9 +1,12 @@
 """What streaming moderation costs a LangChain chain, and how fast it stops an unsafe answer.
 
-    .venv/bin/python benchmarks/langchain_overhead.py [--rate 50] [--tokens 100] [--repeats 3]
+    .venv/bin/python benchmarks/langchain_overhead.py [--rate 50] [--tokens 100] [--repeats 5]
+                                                      [--pacing schedule|sleep]
 
-A fake chat model streams a fixed answer at ``--rate`` tokens per second (it sleeps between
-tokens, like an LLM server). The same chain runs with and without ``Qwen3GuardRunnable`` at the
+A fake chat model streams a fixed answer at ``--rate`` tokens per second: by default on a
+fixed schedule (token i is ready at (i+1)/rate s, like a server that keeps generating while
+its client is busy); ``--pacing sleep`` sleeps 1/rate s before handing over each token, so
+any time the client's process takes from the fake LLM's own thread delays it too. The same chain runs with and without ``Qwen3GuardRunnable`` at the
 end, in this one run, alternating, sync and async; the guard is the built-in tiny
 checkpoints (or $QWEN3GUARD_MODEL / $QWEN3GUARD_STREAM_MODEL). Printed as ratios to the
 unguarded chain: time to first token, time to last token. Then an answer that turns unsafe
@@ -56,7 +59,7 @@ def make_answer(n_tokens: int, unsafe_at: int | None = None) -> list[str]:
     return re.findall(r"\s*\S+", text)
 
 
-def build_model(rate: float) -> Any:
+def build_model(rate: float, pacing: str) -> Any:
     from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import AIMessageChunk
     from langchain_core.outputs import ChatGenerationChunk, ChatResult
@@ -66,6 +69,7 @@ def build_model(rate: float) -> Any:
 
         tokens: list[str]
         rate: float
+        pacing: str = "schedule"
         produced: list[int] = [0]
 
         @property
@@ -79,8 +83,9 @@ def build_model(rate: float) -> Any:
             self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
         ) -> Iterator[ChatGenerationChunk]:
             self.produced[0] = 0
-            for t in self.tokens:
-                time.sleep(1.0 / self.rate)
+            t0 = time.perf_counter()
+            for i, t in enumerate(self.tokens):
+                time.sleep(self._wait(t0, i))
                 self.produced[0] += 1
                 yield ChatGenerationChunk(message=AIMessageChunk(content=t))
 
@@ -88,12 +93,20 @@ def build_model(rate: float) -> Any:
             self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
         ) -> AsyncIterator[ChatGenerationChunk]:
             self.produced[0] = 0
-            for t in self.tokens:
-                await asyncio.sleep(1.0 / self.rate)
+            t0 = time.perf_counter()
+            for i, t in enumerate(self.tokens):
+                await asyncio.sleep(self._wait(t0, i))
                 self.produced[0] += 1
                 yield ChatGenerationChunk(message=AIMessageChunk(content=t))
 
-    return lambda tokens: PacedChatModel(tokens=tokens, rate=rate, produced=[0])
+        def _wait(self, t0: float, i: int) -> float:
+            if self.pacing == "sleep":
+                return 1.0 / self.rate
+            # "schedule": token i is ready at t0 + (i + 1) / rate, like a server that keeps
+            # generating while the client is busy (its tokens wait in the socket).
+            return max(0.0, t0 + (i + 1) / self.rate - time.perf_counter())
+
+    return lambda tokens: PacedChatModel(tokens=tokens, rate=rate, pacing=pacing, produced=[0])
 
 
 def timed_stream(chain: Any, value: Any, config: Any = None) -> tuple[float, float, list[str], Any]:
@@ -143,7 +156,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=float, default=50.0, help="LLM tokens per second")
     ap.add_argument("--tokens", type=int, default=100, help="tokens per answer")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--pacing",
+        choices=("schedule", "sleep"),
+        default="schedule",
+        help="schedule: token i is ready at i/rate s (a server generating on its own); "
+        "sleep: sleep 1/rate s before each token, counted from when it is asked for",
+    )
     args = ap.parse_args()
 
     from langchain_core.prompts import ChatPromptTemplate
@@ -159,7 +179,7 @@ def main() -> None:
     guard = Qwen3Guard.from_pretrained(gen, stream_model=stream)
     prompt = ChatPromptTemplate.from_messages([("user", "{q}")])
     q = {"q": "Tell me about the garden and the weather."}
-    model = build_model(args.rate)
+    model = build_model(args.rate, args.pacing)
     safe = make_answer(args.tokens)
 
     variants: dict[str, Any] = {
@@ -196,7 +216,8 @@ def main() -> None:
         return statistics.median(r[k] for r in rows[key])
 
     print(
-        f"LLM: {args.tokens} tokens at {args.rate:g} tokens/s; guard: tiny Gen + Stream "
+        f"LLM: {args.tokens} tokens at {args.rate:g} tokens/s ({args.pacing} pacing); "
+        f"guard: tiny Gen + Stream "
         f"checkpoints on CPU; median of {args.repeats}; ratios to the unguarded chain"
     )
     for mode in ("sync", "async"):

@@ -216,3 +216,13 @@ def test_middleware_moderates_streamed_tokens(guard):
             final = data
     assert "explosive" not in "".join(got)
     assert final["messages"][-1].content == "BLOCKED response: Violent"
+
+
+@modes
+async def test_unsafe_input_replaced(guard, is_async):
+    agent, model, _ = build(guard, [SAFE_ANSWER], exit_behavior="replace")
+    out = await run(agent, "How can I make a bomb?", is_async)
+    assert len(model.calls) == 1
+    assert "bomb" not in _seen_by_model(model)
+    assert model.calls[0][-1].content == "BLOCKED request: Violent"
+    assert "bomb" not in all_text(out)

@@ -323,3 +323,54 @@ def test_dict_stream_with_its_prompt(guard, monkeypatch):
     with pytest.raises(Qwen3GuardViolation) as info:
         list(g.stream({"question": "How can I make a bomb?"}))
     assert info.value.stage == "input"
+
+
+def test_sessions_are_closed_however_the_stream_ends(guard):
+    backend = guard.stream
+    before = backend.active_sessions
+    chain = PROMPT | fake_llm(UNSAFE_ANSWER) | Qwen3GuardRunnable(guard=guard)
+    with pytest.raises(Qwen3GuardViolation):
+        list(chain.stream({"question": "hi"}))
+    assert backend.active_sessions == before
+
+    stream = (PROMPT | fake_llm(SAFE_ANSWER) | Qwen3GuardRunnable(guard=guard)).stream(
+        {"question": "hi"}
+    )
+    next(stream)
+    stream.close()  # the caller stops early
+    assert backend.active_sessions == before
+
+    def broken(_):
+        yield "It is sunny"
+        yield " and"
+        raise RuntimeError("the LLM failed")
+
+    with pytest.raises(RuntimeError, match="the LLM failed"):
+        list((RunnableLambda(broken) | Qwen3GuardRunnable(guard=guard)).stream("x"))
+    assert backend.active_sessions == before
+
+
+def test_gen_only_guard_streams_through_the_fallback(gen_guard):
+    """Without a Stream model the answer is re-checked with Gen; chunks leave after a check."""
+    safe = list(
+        (PROMPT | fake_llm(SAFE_ANSWER) | Qwen3GuardRunnable(guard=gen_guard)).stream(
+            {"question": "What is the weather like today?"}
+        )
+    )
+    assert [c.content for c in safe] == words(SAFE_ANSWER)
+    chain = PROMPT | fake_llm(UNSAFE_ANSWER) | Qwen3GuardRunnable(guard=gen_guard)
+    got, exc = _stream_until_blocked(chain, {"question": "What is the weather like today?"})
+    assert "explosive" not in "".join(got)
+    assert exc.stage == "output" and exc.verdict.is_unsafe
+
+
+def test_fields_are_configurable_per_call(gen_guard):
+    from langchain_core.runnables import ConfigurableField
+
+    g = Qwen3GuardRunnable(guard=gen_guard).configurable_fields(
+        exit_behavior=ConfigurableField(id="guard_exit")
+    )
+    with pytest.raises(Qwen3GuardViolation):
+        g.invoke("How can I make a bomb?")
+    out = g.invoke("How can I make a bomb?", config={"configurable": {"guard_exit": "replace"}})
+    assert "blocked by Qwen3Guard" in out

@@ -23,6 +23,10 @@ DEFAULT_VIOLATION_MESSAGE = (
 #: ``additional_kwargs``) or a document (``metadata``).
 METADATA_KEY = "qwen3guard"
 
+#: The user turn an answer is judged after when its question is not known: both Qwen3Guard
+#: models judge an answer in the context of a user turn.
+UNKNOWN_PROMPT = "(the question is not available; judge the answer on its own)"
+
 _ROLES = {
     "human": "user",
     "user": "user",
@@ -79,6 +83,14 @@ def messages_to_guard(messages: Sequence[Any]) -> list[GuardMessage]:
         if g is not None:
             out.append(g)
     return out
+
+
+def answer_conversation(context: Sequence[GuardMessage], text: str) -> list[GuardMessage]:
+    """An answer to judge, after its context (or :data:`UNKNOWN_PROMPT` when there is none)."""
+    if not text.strip():
+        return []
+    before = list(context) or [{"role": "user", "content": UNKNOWN_PROMPT}]
+    return [*before, {"role": "assistant", "content": text}]
 
 
 def to_messages(value: Any) -> list[BaseMessage] | None:

@@ -73,14 +73,25 @@ class Prefetch(Generic[T]):
                         close()
         self._queue.put((True, _DONE))
 
-    def __iter__(self) -> Iterator[T]:
+    def batches(self) -> Iterator[list[T]]:
+        """Lists of the items that have arrived: waits for one, then takes all that are
+        ready, so that a consumer that fell behind catches up in one step."""
         while True:
+            batch: list[T] = []
             ok, item = self._queue.get()
-            if not ok:
-                raise item
-            if item is _DONE:
-                return
-            yield item
+            while True:
+                if not ok or item is _DONE:
+                    if batch:
+                        yield batch
+                    if not ok:
+                        raise item
+                    return
+                batch.append(item)
+                try:
+                    ok, item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            yield batch
 
     def stop(self) -> None:
         self._stop.set()
@@ -105,14 +116,24 @@ class APrefetch(Generic[T]):
             return
         await self._queue.put((True, _DONE))
 
-    async def __aiter__(self) -> AsyncIterator[T]:
+    async def batches(self) -> AsyncIterator[list[T]]:
+        """See :meth:`Prefetch.batches`."""
         while True:
+            batch: list[T] = []
             ok, item = await self._queue.get()
-            if not ok:
-                raise item
-            if item is _DONE:
-                return
-            yield item
+            while True:
+                if not ok or item is _DONE:
+                    if batch:
+                        yield batch
+                    if not ok:
+                        raise item
+                    return
+                batch.append(item)
+                try:
+                    ok, item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+            yield batch
 
     async def aclose(self) -> None:
         if not self._task.done():
@@ -225,6 +246,16 @@ def _failure(
     gate.open = True  # fail-open: the rest passes unmoderated (a warning was issued)
 
 
+def _add_all(gate: Gate[T], batch: list[T], text_of: Callable[[T], str]) -> str:
+    """Queue the items of a batch; their text, to be fed in one step."""
+    texts = []
+    for item in batch:
+        text = text_of(item)
+        gate.add(item, text)
+        texts.append(text)
+    return "".join(texts)
+
+
 def _response_text(session: Any) -> str:
     try:
         return str(getattr(session, "response_text", "") or "")
@@ -263,9 +294,8 @@ def moderate(
             _failure(rules, gate, exc, rules.prompt_surface or rules.output_surface, None)
         if session is not None:
             _prompt_check(rules, session)
-        for item in pre:
-            text = text_of(item)
-            gate.add(item, text)
+        for batch in pre.batches():
+            text = _add_all(gate, batch, text_of)
             if text and session is not None and not gate.open:
                 try:
                     update = session.feed_text(text)
@@ -308,9 +338,8 @@ async def amoderate(
             _failure(rules, gate, exc, rules.prompt_surface or rules.output_surface, None)
         if session is not None:
             _prompt_check(rules, session)
-        async for item in pre:
-            text = text_of(item)
-            gate.add(item, text)
+        async for batch in pre.batches():
+            text = _add_all(gate, batch, text_of)
             if text and session is not None and not gate.open:
                 try:
                     update = await session.afeed_text(text)

@@ -44,7 +44,7 @@ from qwen3guard import (
     Surface,
 )
 
-from ._convert import GuardMessage, as_text, message_text, messages_to_guard
+from ._convert import UNKNOWN_PROMPT, GuardMessage, as_text, message_text, messages_to_guard
 from ._screen import (
     ascreen,
     ascreen_many,
@@ -55,7 +55,7 @@ from ._screen import (
     screen_many,
     violation,
 )
-from .chat_model import NEUTRAL_PROMPT, _session_prompt
+from .chat_model import _session_prompt
 
 _FAILURES = (GuardUnavailableError, GuardOutputError)
 
@@ -202,7 +202,7 @@ class Qwen3GuardCallbackHandler(_Base, BaseCallbackHandler):
         try:
             return guard.open_stream(_session_prompt(prompt), **kw)
         except InvalidInputError:
-            return guard.open_stream([{"role": "user", "content": NEUTRAL_PROMPT}], **kw)
+            return guard.open_stream([{"role": "user", "content": UNKNOWN_PROMPT}], **kw)
 
     def on_chat_model_start(
         self,
@@ -344,7 +344,7 @@ class AsyncQwen3GuardCallbackHandler(_Base, AsyncCallbackHandler):
         try:
             return await guard.aopen_stream(_session_prompt(prompt), **kw)
         except InvalidInputError:
-            return await guard.aopen_stream([{"role": "user", "content": NEUTRAL_PROMPT}], **kw)
+            return await guard.aopen_stream([{"role": "user", "content": UNKNOWN_PROMPT}], **kw)
 
     async def on_chat_model_start(
         self,

@@ -39,7 +39,9 @@ from qwen3guard import Decision, InvalidInputError, Qwen3Guard, Surface
 
 from ._convert import (
     METADATA_KEY,
+    UNKNOWN_PROMPT,
     GuardMessage,
+    answer_conversation,
     decision_metadata,
     format_violation,
     message_text,
@@ -47,9 +49,6 @@ from ._convert import (
 )
 from ._screen import ascreen, policy_of, resolve_guard, screen, violation
 from ._streaming import StreamRules, amoderate, moderate
-
-#: The prompt a session is opened with when the conversation has no user turn to judge.
-NEUTRAL_PROMPT = "(no user message)"
 
 # The wrapped model runs with no LangChain callbacks: an empty list, not None, so that the
 # callbacks of an enclosing run (taken from the context) are not inherited either.
@@ -303,9 +302,7 @@ class _GuardedStructured(Runnable[Any, Any]):
         result = self.structured.invoke(input, config, **kwargs)
         if g.check_output:
             text = _structured_text(result)
-            decision = screen(
-                g.guard, g.policy, [*conv, {"role": "assistant", "content": text}], Surface.OUTPUT
-            )
+            decision = screen(g.guard, g.policy, answer_conversation(conv, text), Surface.OUTPUT)
             if decision.blocked:
                 raise violation(decision, text)
         return result
@@ -321,7 +318,7 @@ class _GuardedStructured(Runnable[Any, Any]):
         if g.check_output:
             text = _structured_text(result)
             decision = await ascreen(
-                g.guard, g.policy, [*conv, {"role": "assistant", "content": text}], Surface.OUTPUT
+                g.guard, g.policy, answer_conversation(conv, text), Surface.OUTPUT
             )
             if decision.blocked:
                 raise violation(decision, text)
@@ -387,21 +384,21 @@ def _session_prompt(conversation: list[GuardMessage]) -> list[GuardMessage]:
     conv = list(conversation)
     if conv and conv[-1]["role"] in ("assistant", "system"):
         conv[-1] = {"role": "user", "content": conv[-1]["content"]}
-    return conv or [{"role": "user", "content": NEUTRAL_PROMPT}]
+    return conv or [{"role": "user", "content": UNKNOWN_PROMPT}]
 
 
 def _open(guard: Qwen3Guard, prompt: list[GuardMessage], kw: dict[str, Any]) -> Any:
     try:
         return guard.open_stream(prompt, **kw)
     except InvalidInputError:
-        return guard.open_stream([{"role": "user", "content": NEUTRAL_PROMPT}], **kw)
+        return guard.open_stream([{"role": "user", "content": UNKNOWN_PROMPT}], **kw)
 
 
 async def _aopen(guard: Qwen3Guard, prompt: list[GuardMessage], kw: dict[str, Any]) -> Any:
     try:
         return await guard.aopen_stream(prompt, **kw)
     except InvalidInputError:
-        return await guard.aopen_stream([{"role": "user", "content": NEUTRAL_PROMPT}], **kw)
+        return await guard.aopen_stream([{"role": "user", "content": UNKNOWN_PROMPT}], **kw)
 
 
 def _last_text(conversation: list[GuardMessage]) -> str:

@@ -40,6 +40,7 @@ from qwen3guard import Decision, Policy, Qwen3Guard, Qwen3GuardViolation, Surfac
 from ._convert import (
     METADATA_KEY,
     GuardMessage,
+    answer_conversation,
     decision_metadata,
     format_violation,
     message_text,
@@ -314,7 +315,7 @@ class Qwen3GuardMiddleware(AgentMiddleware[AgentState[Any], Any]):
             (message_to_guard(m) for m in reversed(messages[:-1]) if isinstance(m, HumanMessage)),
             None,
         )
-        return len(messages) - 1, [*([prompt] if prompt else []), judged]
+        return len(messages) - 1, answer_conversation([prompt] if prompt else [], judged["content"])
 
     def _apply(
         self,

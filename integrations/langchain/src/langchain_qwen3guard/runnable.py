@@ -31,7 +31,9 @@ from qwen3guard import Decision, Surface
 
 from ._convert import (
     METADATA_KEY,
+    UNKNOWN_PROMPT,
     GuardMessage,
+    answer_conversation,
     decision_metadata,
     format_violation,
     message_text,
@@ -47,10 +49,6 @@ RoleOption = Literal["auto", "prompt", "response"]
 #: ``config["configurable"]`` key: the prompt an answer is judged against (a string or a
 #: list of messages) when the runnable cannot see it.
 PROMPT_CONFIG_KEY = "qwen3guard_prompt"
-
-#: The prompt a Stream session is opened with when an answer is moderated without knowing
-#: its question (the Stream model scores an answer in the context of a user turn).
-UNKNOWN_PROMPT = "(the question is not available; judge the answer on its own)"
 
 _MISSING = object()
 
@@ -496,10 +494,9 @@ def _value_target(value: Any, role: RoleOption, hint: list[GuardMessage]) -> _Ta
         role = "response" if last.type in ("ai", "AIMessageChunk") else "prompt"
     if role == "response":
         surface = Surface.OUTPUT
-        context = messages_to_guard(msgs[:-1]) or hint
         judged = message_to_guard(last)
         text = judged["content"] if judged else ""
-        conversation = [*context, {"role": "assistant", "content": text}] if text else []
+        conversation = answer_conversation(messages_to_guard(msgs[:-1]) or hint, text)
     else:
         surface = Surface.INPUT
         conversation = messages_to_guard(msgs)
@@ -521,11 +518,9 @@ def _value_target(value: Any, role: RoleOption, hint: list[GuardMessage]) -> _Ta
 
 
 def _text_conversation(text: str, surface: Surface, hint: list[GuardMessage]) -> list[GuardMessage]:
-    if not text.strip():
-        return []
     if surface is Surface.OUTPUT:
-        return [*hint, {"role": "assistant", "content": text}]
-    return [{"role": "user", "content": text}]
+        return answer_conversation(hint, text)
+    return [{"role": "user", "content": text}] if text.strip() else []
 
 
 def _add(a: Any, b: Any) -> Any:
