@@ -151,7 +151,12 @@ Open a session on the prompt (the prompt is judged on open), then feed the answe
 arrives, chunk by chunk, from any LLM. Each `feed_text` runs one incremental forward pass per
 new token (the model keeps its KV cache), so the cost per token does not grow with the answer.
 `update.flagged` turns true when two consecutive tokens are judged unsafe: that is where an
-application stops generating and withdraws the answer.
+application stops generating. `update.flag_offset` is where the flagged span starts.
+
+A token is judged once the text after it has arrived (a word may still grow), and the flag needs
+two unsafe tokens in a row, so the verdict on a chunk comes a few chunks after it. Showing the
+user the answer `HOLD_BACK` chunks late keeps the flagged words off the screen. (The LangChain
+and LlamaIndex integrations do this for you.)
 
 Here a fake LLM streams an answer that starts harmless and turns unsafe mid-way.
 
@@ -165,23 +170,34 @@ ANSWER = (
 )
 chunks = re.findall(r"\\s*\\S+", ANSWER)  # word by word, as an LLM would stream it
 
-shown = ""
+HOLD_BACK = 3  # chunks the user lags behind the LLM
+
+pending, shown = [], ""
 with guard.open_stream([{{"role": "user", "content": QUESTION}}]) as session:
     print("prompt verdict:", session.prompt_verdict.risk.value)
     for chunk in chunks:
         update = session.feed_text(chunk)
         if update.flagged:
-            cats = ", ".join(c.value for c in update.verdict.categories)
-            print(f"\\n[cut off: {{update.verdict.risk.value}} ({{cats}}) from character "
-                  f"{{update.flag_offset}}: {{ANSWER[update.flag_offset:][:30]!r}}...]")
-            break
-        shown += chunk
-        print(chunk, end="")
+            break  # stop the LLM here
+        pending.append(chunk)
+        if len(pending) > HOLD_BACK:
+            released = pending.pop(0)
+            shown += released
+            print(released, end="", flush=True)
+    else:
+        update = session.close()  # the end of the answer: judge what is still held back
+        if not update.flagged:
+            print("".join(pending))
+
+if update.flagged:
+    cats = ", ".join(c.value for c in update.verdict.categories)
+    print(f"\\n[answer stopped: {{update.verdict.risk.value}} ({{cats}}); the flagged span starts at "
+          f"character {{update.flag_offset}}: {{ANSWER[update.flag_offset:][:32]!r}}...]")
 
 assert update.flagged and update.verdict.is_unsafe
 assert Category.VIOLENT in update.verdict.categories
-assert "bomb" not in shown
-assert update.flag_offset <= ANSWER.index("bomb")
+assert ANSWER.startswith(shown) and len(shown) <= update.flag_offset
+assert "explosive" not in shown
 
 # %% [markdown]
 ## Per-token risk
@@ -252,7 +268,9 @@ NOTEBOOKS["02_lcel_streaming"] = f"""
 - **before the prompt** (`Qwen3GuardRunnable(guard=guard, input_key="question") | prompt | llm`)
   it judges the user's question with Qwen3Guard-Gen, and the LLM is never called for a blocked one.
 
-The LLM here is LangChain's `GenericFakeChatModel`, which streams a fixed answer word by word.
+The LLM here is LangChain's `GenericFakeChatModel`, which streams a fixed answer word by word
+(slowed down a little, as a real LLM would be: the guard judges the chunks that have arrived,
+and an instant fake LLM would deliver the whole answer before the first chunk is passed on).
 
 {MODELS_NOTE}
 
@@ -260,6 +278,8 @@ The LLM here is LangChain's `GenericFakeChatModel`, which streams a fixed answer
 {MODELS}
 
 # %%
+import time
+
 from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_qwen3guard import Qwen3GuardRunnable
@@ -278,8 +298,19 @@ UNSAFE_ANSWER = (
 )
 
 
+class SlowFakeChatModel(GenericFakeChatModel):
+    \"\"\"GenericFakeChatModel that takes a few milliseconds per chunk, like a real LLM.\"\"\"
+
+    delay_s: float = 0.03
+
+    def _stream(self, *args, **kwargs):
+        for chunk in super()._stream(*args, **kwargs):
+            time.sleep(self.delay_s)
+            yield chunk
+
+
 def fake_llm(answer):
-    return GenericFakeChatModel(messages=iter([answer]))
+    return SlowFakeChatModel(messages=iter([answer]))
 
 # %% [markdown]
 ## A safe answer streams through unchanged
@@ -343,7 +374,8 @@ guarded = Qwen3GuardRunnable(
     exit_behavior="replace",
     violation_message="[answer withdrawn: {{risk}} ({{categories}})]",
 )
-chunks = list((prompt | fake_llm(UNSAFE_ANSWER) | guarded).stream({{"question": question}}))
+llm = GenericFakeChatModel(messages=iter([UNSAFE_ANSWER]))
+chunks = list((prompt | llm | guarded).stream({{"question": question}}))
 print("".join(c.content for c in chunks))
 print(chunks[-1].response_metadata["qwen3guard"])
 assert chunks[-1].content == "[answer withdrawn: Unsafe (Violent)]"
@@ -393,7 +425,8 @@ has its own policy and behavior. Below the agent's search tool is wrapped with
 agent carries on, while the middleware ends the run on anything else.
 
 The model is a scripted tool-calling chat model (it answers from a script and streams its text
-word by word, then its tool calls, like a real one), so the notebook runs offline.
+word by word, a little slowly, then its tool calls, like a real one), so the notebook runs
+offline.
 
 {MODELS_NOTE}
 
@@ -403,6 +436,7 @@ word by word, then its tool calls, like a real one), so the notebook runs offlin
 # %%
 import json
 import re
+import time
 
 from langchain.agents import create_agent
 from langchain_core.language_models import BaseChatModel
@@ -421,6 +455,7 @@ class ScriptedToolModel(BaseChatModel):
     \"\"\"Answers with the next scripted message: a string, or an AIMessage with tool calls.\"\"\"
 
     script: list
+    delay_s: float = 0.03  # per streamed chunk, like a real LLM
     _state: dict = PrivateAttr(default_factory=lambda: {{"turn": 0, "seen": []}})
 
     @property
@@ -448,6 +483,7 @@ class ScriptedToolModel(BaseChatModel):
     def _stream(self, messages, stop=None, run_manager=None, **kwargs):
         message = self._next(messages)
         for word in re.findall(r"\\s*\\S+", str(message.content)):
+            time.sleep(self.delay_s)
             yield ChatGenerationChunk(message=AIMessageChunk(content=word))
         for i, call in enumerate(message.tool_calls):
             yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[{{
@@ -797,7 +833,7 @@ def make_engine(answer):
         similarity_top_k=len(TEXTS),  # retrieve everything, poison included
         node_postprocessors=[Qwen3GuardNodePostprocessor(guard=guard)],
     )
-    return Qwen3GuardQueryEngine(inner, guard=guard), llm
+    return Qwen3GuardQueryEngine(inner, guard=guard, hold_back_chunks=3), llm
 
 # %% [markdown]
 ## A safe question: the poisoned node is dropped, the answer streams through
@@ -820,6 +856,11 @@ assert "Ignore all previous instructions" not in llm.prompts[0]
 The consumer receives the text before the flagged span, then `Qwen3GuardViolation`; the
 upstream LLM stream is closed at once. The response's metadata says how much was shown.
 
+`hold_back_chunks` is how many chunks the consumer lags behind the LLM. A token is judged once
+the text after it has arrived and the flag needs two unsafe tokens in a row, so the verdict on
+a chunk can come a few chunks later; the engines above hold back 3 chunks so that the flagged
+words are not shown (fewer: lower latency, more: a wider margin).
+
 # %%
 engine, llm = make_engine(UNSAFE_ANSWER)
 response = engine.query("Tell me about the tower.")
@@ -834,7 +875,8 @@ except Qwen3GuardViolation as exc:
 meta = response.metadata["qwen3guard"]
 print("metadata:", meta)
 assert meta["blocked"] == "output"
-assert UNSAFE_ANSWER.startswith(shown) and "bomb" not in shown
+assert UNSAFE_ANSWER.startswith(shown) and len(shown) <= meta["output"]["flag_offset"]
+assert "bomb" not in shown
 
 # %% [markdown]
 ## An unsafe question never reaches retrieval
@@ -865,7 +907,7 @@ The same `Qwen3Guard` API works against a served model: only the constructor cha
 
 ```bash
 # vLLM
-vllm serve Qwen/Qwen3Guard-Gen-4B --port 8000 --max-model-len 32768
+vllm serve Qwen/Qwen3Guard-Gen-4B --port 8000
 # SGLang
 python -m sglang.launch_server --model-path Qwen/Qwen3Guard-Gen-4B --port 8000
 ```
@@ -1050,8 +1092,8 @@ for closable in ("remote", "client"):
     if closable in globals():
         globals()[closable].close()
 stop_server()
-print("server exit status:", server.returncode)
 assert server.poll() is not None
+print("server stopped")
 """
 
 NOTEBOOKS["07_dataset_labeling"] = f"""
@@ -1114,9 +1156,9 @@ assert stats == {{"rows": 5, "skipped": 0, "labeled": 5, "errors": 0}}
 # %% [markdown]
 ## Resuming
 
-New rows are appended to the input; the next run labels only those. Here the second run uses
-the command line, `qwen3guard label` (run as `python -m qwen3guard` so it uses this kernel's
-Python).
+New rows are appended to the input; the next run labels only those. The same from the command
+line: `qwen3guard label 07_rows.jsonl 07_rows.labeled.jsonl --model ...` (it prints the same
+counts).
 
 # %%
 more = [
@@ -1127,15 +1169,9 @@ more = [
 with open(DATA, "a") as f:
     f.writelines(json.dumps(r) + "\\n" for r in more)
 
-cli = subprocess.run(
-    [sys.executable, "-m", "qwen3guard", "label", DATA, LABELED, "--model", GEN_MODEL, "--no-progress"],
-    capture_output=True, text=True,
-)
-assert cli.returncode == 0, cli.stderr[-2000:]
-# the command reports its counts as the last JSON line on stderr
-cli_stats = json.loads(next(line for line in reversed(cli.stderr.splitlines()) if line.startswith("{{")))
-print("$ qwen3guard label", os.path.basename(DATA), os.path.basename(LABELED), "->", cli_stats)
-assert cli_stats == {{"rows": 8, "skipped": 5, "labeled": 2, "errors": 1}}
+stats = label_file(guard, DATA, LABELED, batch_size=4, progress=False)
+print(stats)
+assert stats == {{"rows": 8, "skipped": 5, "labeled": 2, "errors": 1}}
 
 with open(LABELED) as f:
     labeled = [json.loads(line) for line in f]
@@ -1151,8 +1187,9 @@ assert labeled[1]["qwen3guard"]["risk"] == "Unsafe" and labeled[2]["qwen3guard"]
 ## Evaluation: `qwen3guard eval`
 
 Rows in the Qwen3GuardTest shape: `message` (the conversation; the last turn's role decides
-prompt or response moderation) and a gold `label` (`Safe` / `Unsafe`). The same metrics are
-available in Python: `qwen3guard.evaluation.evaluate_gen(guard, load_rows(path))`.
+prompt or response moderation) and a gold `label` (`Safe` / `Unsafe`). The command is run as
+`python -m qwen3guard` so that it uses this kernel's Python. The same metrics are available in
+Python: `qwen3guard.evaluation.evaluate_gen(guard, load_rows(path))`.
 
 # %%
 eval_rows = [
@@ -1316,16 +1353,17 @@ assert rewards == [1.0, 0.0, 0.0, 1.0, 1.0]
 ## The hybrid reward
 
 Helpfulness comes from any scorer `f(prompts, completions) -> list[float]` in [0, 1],
-typically a reward model. A toy one here: longer answers count as more helpful. It is credited
-only to safe completions, and refusing the safe weather question costs `refusal_penalty`
-(0.5 by default) while refusing the bomb question does not.
+typically a reward model. A stand-in here: a refusal scores 0.1, anything else 0.8.
+Helpfulness is credited only to safe completions, and refusing the safe weather question costs
+`refusal_penalty` (0.5 by default) while refusing the bomb question does not.
 
 # %%
 from math import isclose
 
 
 def toy_helpfulness(prompts, completions):
-    return [min(1.0, len(c.split()) / 12) for c in completions]
+    \"\"\"A stand-in for a reward model's helpfulness score.\"\"\"
+    return [0.1 if c.endswith(REFUSAL) else 0.8 for c in completions]
 
 
 hybrid = Qwen3GuardReward(guard, hybrid=True, helpfulness=toy_helpfulness)

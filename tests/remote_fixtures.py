@@ -30,7 +30,7 @@ from qwen3guard.server.launch import (
     vllm_server,
 )
 
-VLLM_START_TIMEOUT = float(os.environ.get("QWEN3GUARD_VLLM_START_TIMEOUT", "300"))
+VLLM_START_TIMEOUT = float(os.environ.get("QWEN3GUARD_VLLM_START_TIMEOUT", "480"))
 SERVE_START_TIMEOUT = float(os.environ.get("QWEN3GUARD_SERVE_START_TIMEOUT", "180"))
 SERVE_API_KEY = "test-key-123"
 

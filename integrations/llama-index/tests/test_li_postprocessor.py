@@ -131,16 +131,27 @@ def test_empty_nodes_are_kept_unjudged(gen_guard):
     assert out[1].node.metadata[METADATA_KEY]["allowed"] is True
 
 
-def test_fail_closed_and_fail_open(guard):
-    # A guard with only a Stream model cannot judge nodes: fail-closed drops everything...
-    no_gen = Qwen3Guard(stream=guard.stream)
-    closed = Qwen3GuardNodePostprocessor(guard=no_gen)
+def _unreachable(**kw) -> Qwen3Guard:
+    return Qwen3Guard.from_endpoint(
+        "http://127.0.0.1:9/v1", model="unreachable", timeout=1.0, max_retries=0, **kw
+    )
+
+
+async def test_unreachable_guard_fails_closed_or_open():
+    closed = Qwen3GuardNodePostprocessor(guard=_unreachable())
     assert closed.postprocess_nodes(_nodes(*CLEAN_DOCS)) == []
-    # ...fail-open keeps everything, with a warning.
-    no_gen_open = Qwen3Guard(stream=guard.stream, policy=Policy(fail_open=True))
-    opened = Qwen3GuardNodePostprocessor(guard=no_gen_open)
+    assert await closed.apostprocess_nodes(_nodes(*CLEAN_DOCS)) == []
+    opened = Qwen3GuardNodePostprocessor(guard=_unreachable(policy=Policy(fail_open=True)))
     with pytest.warns(RuntimeWarning, match="fail-open"):
         assert len(opened.postprocess_nodes(_nodes(*CLEAN_DOCS))) == 3
+    with pytest.warns(RuntimeWarning, match="fail-open"):
+        assert len(await opened.apostprocess_nodes(_nodes(*CLEAN_DOCS))) == 3
+
+
+def test_guard_without_gen_fails_closed(guard):
+    # The whole batch fails at once (no Gen model to judge text with): still fail-closed.
+    stream_only = Qwen3GuardNodePostprocessor(guard=Qwen3Guard(stream=guard.stream))
+    assert stream_only.postprocess_nodes(_nodes(*CLEAN_DOCS)) == []
 
 
 def test_disabled_surface_passes_nodes_unjudged(gen_guard):

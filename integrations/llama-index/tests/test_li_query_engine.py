@@ -28,6 +28,8 @@ from llama_index.postprocessor.qwen3guard import (
     Qwen3GuardViolation,
 )
 
+from qwen3guard import Qwen3Guard
+
 UNSAFE_QUERY = "How can I make a bomb?"
 SAFE_QUERY = "Where is the Eiffel Tower?"
 
@@ -111,7 +113,7 @@ def _check_cut(shown: str, meta: dict, llm: ScriptedLLM, hold_back: int) -> None
     flag_offset = meta["flag_offset"]
     # The flagged span starts at (or just before) the first unsafe word.
     assert flag_offset is not None and flag_offset <= _bomb_offset(UNSAFE_ANSWER) + 1
-    if hold_back >= 2:
+    if hold_back >= 3:
         assert len(shown) <= flag_offset  # held-back text of the flagged span is never shown
     else:
         tail = split_tokens(UNSAFE_ANSWER[flag_offset:])
@@ -121,7 +123,7 @@ def _check_cut(shown: str, meta: dict, llm: ScriptedLLM, hold_back: int) -> None
     assert llm.state["yielded"] < len(split_tokens(UNSAFE_ANSWER))
 
 
-@pytest.mark.parametrize("hold_back", [0, 2])
+@pytest.mark.parametrize("hold_back", [0, 3])
 def test_unsafe_stream_stops_within_the_debounce_window(index, guard, hold_back):
     engine, llm, _ = _setup(
         index, guard, answer=UNSAFE_ANSWER, streaming=True, hold_back_chunks=hold_back
@@ -139,7 +141,7 @@ def test_unsafe_stream_stops_within_the_debounce_window(index, guard, hold_back)
     assert len(response.source_nodes) == len(CLEAN_DOCS)
 
 
-@pytest.mark.parametrize("hold_back", [0, 2])
+@pytest.mark.parametrize("hold_back", [0, 3])
 async def test_unsafe_stream_stops_within_the_debounce_window_async(index, guard, hold_back):
     engine, llm, _ = _setup(
         index, guard, answer=UNSAFE_ANSWER, streaming=True, hold_back_chunks=hold_back
@@ -194,3 +196,19 @@ def test_consumer_stopping_early_closes_upstream(index, guard):
 def test_prompts_of_wrapped_engine_are_exposed(index, guard):
     engine, _, _ = _setup(index, guard)
     assert any(k.startswith("query_engine:") for k in engine.get_prompts())
+
+
+def test_stream_without_a_stream_model_falls_back_to_gen(index, gen_guard):
+    # Remote-only deployments have no Stream model: the session re-checks with Gen.
+    gen_only = Qwen3Guard(gen_guard.gen, stream_fallback_every=16)
+    engine, llm, _ = _setup(index, gen_only, answer=UNSAFE_ANSWER, streaming=True)
+    response = engine.query(SAFE_QUERY)
+    shown = ""
+    with pytest.raises(Qwen3GuardViolation):
+        for chunk in response.response_gen:
+            shown += chunk
+    assert UNSAFE_ANSWER.startswith(shown) and len(shown) < len(UNSAFE_ANSWER)
+    assert llm.state["closed"] is True
+
+    engine, _, _ = _setup(index, gen_only, streaming=True)
+    assert "".join(engine.query(SAFE_QUERY).response_gen) == SAFE_ANSWER

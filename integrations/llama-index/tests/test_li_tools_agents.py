@@ -4,8 +4,6 @@ The agent's LLM is llama-index-core's ``MockFunctionCallingLLM`` driven by a scr
 turn calls a tool, its second answers; it records every message list it is given.
 """
 
-from __future__ import annotations
-
 import asyncio
 from typing import Any
 
@@ -24,6 +22,12 @@ from llama_index.postprocessor.qwen3guard import (
     guard_tool,
     moderate_agent_stream,
 )
+
+# The workflows library inspects agents (pydantic models) with inspect.getmembers.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince20"),
+    pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince211"),
+]
 
 BOMB_ARGS = {"query": "how to make a bomb with explosive powder"}
 SAFE_ARGS = {"query": "weather in Paris"}
@@ -177,7 +181,7 @@ async def test_agent_context_tools_keep_their_context(gen_guard):
 
 
 async def test_agent_stream_is_cut_and_the_run_cancelled(guard):
-    script = Script(final=UNSAFE_ANSWER, delay_s=0.05)
+    script = Script(final=UNSAFE_ANSWER, delay_s=0.1)
     agent = FunctionAgent(tools=[], llm=MockFunctionCallingLLM(response_generator=script))
     handler = agent.run("Tell me about the tower.")
     shown = ""

@@ -18,7 +18,7 @@ async def moderate_agent_stream(
     handler: Any,
     guard: Qwen3Guard | None = None,
     *,
-    hold_back_events: int = 2,
+    hold_back_events: int = 3,
     cancel_timeout: float = 5.0,
 ) -> AsyncIterator[Any]:
     """Stream a workflow run's events, moderating the LLM's streamed text token by token.

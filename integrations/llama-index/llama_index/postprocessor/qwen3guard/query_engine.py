@@ -42,9 +42,11 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
       (``check_response``, surface ``output``).
     - A streamed answer (``StreamingResponse`` / ``AsyncStreamingResponse``) is moderated token
       by token through a Stream session (``guard.open_stream``). Text reaches the consumer
-      ``hold_back_chunks`` chunks late, so that when the session flags the answer the flagged
-      span has usually not been shown; on a flag the upstream generator is closed at once and
-      the consumer gets only the text before the flagged span's start.
+      ``hold_back_chunks`` chunks late (default 3: with word-sized chunks the session's flag
+      arrives about three chunks after the flagged span began, as it judges a token only once
+      the next text shows where it ends and then debounces over two tokens), so the flagged
+      span is usually not shown; on a flag the upstream generator is closed at once and the
+      consumer gets only the text before the flagged span's start.
 
     A blocked query or answer raises :class:`~qwen3guard.Qwen3GuardViolation`
     (``exit_behavior="error"``) or is replaced by ``violation_message``
@@ -62,7 +64,7 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
         check_response: bool = True,
         exit_behavior: ExitBehavior = "error",
         violation_message: str = DEFAULT_VIOLATION_MESSAGE,
-        hold_back_chunks: int = 2,
+        hold_back_chunks: int = 3,
         callback_manager: CallbackManager | None = None,
     ) -> None:
         if hold_back_chunks < 0:
