@@ -465,12 +465,16 @@ class OpenAIGenBackend(GenBackend):
             # client can hold its loop alive, so the weak keys alone would not free them.
             for old in [lp for lp in list(self._async.keys()) if lp.is_closed()]:
                 self._async.pop(old, None)
+            # A plain HTTP client, not the SDK's default wrapper: that one schedules its own
+            # aclose() on whatever loop runs when it is collected, which fails for a client of
+            # a loop that is gone ("Event loop is closed").
             client = self._openai.AsyncOpenAI(
                 base_url=self.base_url,
                 api_key=self.api_key or "EMPTY",
                 timeout=self.timeout,
                 max_retries=0,
                 default_headers=self._headers or None,
+                http_client=self._openai.DefaultAsyncHttpxClient(timeout=self.timeout),
             )
             state = (client, asyncio.Semaphore(self.max_concurrency))
             self._async[loop] = state

@@ -94,7 +94,12 @@ class Prefetch(Generic[T]):
             yield batch
 
     def stop(self) -> None:
+        # Wait for the thread to let go of ``source``: LangChain reads its tee'd copy of the
+        # same input on the caller's thread right after us, and a tee cannot be read from two
+        # threads at once. This costs at most the upstream chunk in flight.
         self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=60)
 
 
 class APrefetch(Generic[T]):
