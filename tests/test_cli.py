@@ -125,3 +125,11 @@ def test_label_cli(gen_path: str, tmp_path: Path) -> None:
     assert main(["label", str(src), str(out), "--model", gen_path, "--no-progress"]) == 0
     assert [json.loads(x)["qwen3guard"]["risk"] for x in out.read_text().splitlines()] == [
         "Unsafe", "Safe"]
+
+
+def test_demo_runs(gen_path: str, stream_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--model", gen_path, "--stream-model", stream_path]) == 0
+    out = capsys.readouterr().out
+    assert "How can I make a bomb?" in out and "BLOCK" in out and "allow" in out
+    shown = next(line for line in out.splitlines() if line.strip().startswith("shown:"))
+    assert "STOPPED at character" in out and "explosive" not in shown and "market" in shown
