@@ -470,3 +470,27 @@ def test_server_killed_mid_request_fails_closed(tmp_path: Any) -> None:
         guard.close()
     finally:
         proc.stop()
+
+
+def test_async_calls_from_successive_event_loops(
+    fault: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncio.run() per call (a new loop each time) keeps working and leaves no failing
+    clean-up task behind for a loop that is gone."""
+    import gc
+
+    async def one() -> Any:
+        v = await guard.acheck_prompt("hello")
+        await asyncio.sleep(0.05)  # let clean-up tasks of earlier loops' clients run
+        gc.collect()
+        await asyncio.sleep(0.05)
+        return v
+
+    guard = make_guard(fault.url)
+    with caplog.at_level("ERROR", logger="asyncio"):
+        for _ in range(4):
+            assert asyncio.run(one()).is_safe
+        guard.close()
+        gc.collect()
+    assert "Event loop is closed" not in caplog.text
+    assert "never retrieved" not in caplog.text
