@@ -214,7 +214,7 @@ def test_long_content_is_windowed_never_truncated(fault: FaultServer) -> None:
         v = guard.check_prompt(text)
     assert v.windows == len(fault.requests) > 1
     sent = [r["messages"][-1]["content"] for r in fault.requests]
-    assert "How can I make a bomb?" in sent[-1]
+    assert any("How can I make a bomb?" in s for s in sent)  # windows go out concurrently
     assert all(len(s) < 8000 for s in sent)  # each fits a 2048-token context
     covered = "".join(s for s in sent)
     assert len(covered) >= len(text)  # overlapping windows cover everything
@@ -319,7 +319,7 @@ def test_4xx_is_not_retried(fault: FaultServer) -> None:
 
 def test_slower_than_timeout_fails_closed(fault: FaultServer) -> None:
     def slow(s: FaultServer, n: int) -> Any:
-        time.sleep(1.5)
+        time.sleep(4)
         return 200, completion("Safety: Safe\nCategories: None"), {}
 
     fault.behave = slow
@@ -327,7 +327,7 @@ def test_slower_than_timeout_fails_closed(fault: FaultServer) -> None:
         t0 = time.perf_counter()
         with pytest.raises(GuardUnavailableError, match="timed out"):
             guard.check_prompt("hello")
-        assert time.perf_counter() - t0 < 1.5  # gave up on its own clock, not the server's
+        assert time.perf_counter() - t0 < 3  # gave up on its own clock, not the server's
     assert len(fault.requests) == 2
 
 
