@@ -1,6 +1,7 @@
 """qwen3guard: safety guardrails backed by the Qwen3Guard models."""
 
 from .errors import (
+    ContextLengthError,
     GuardOutputError,
     GuardUnavailableError,
     InvalidInputError,
@@ -10,12 +11,15 @@ from .errors import (
     UnsafeContentError,
 )
 from .guard import Qwen3Guard, get_default_guard, set_default_guard
-from .policy import Decision, Policy, Surface, SurfaceRule
+from .policy import DEFAULT_REFUSAL_MESSAGE, METADATA_KEY, Decision, Policy, Surface, SurfaceRule
 from .verdict import Category, RiskLevel, Role, Verdict, parse_gen_output
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ContextLengthError",
+    "DEFAULT_REFUSAL_MESSAGE",
+    "METADATA_KEY",
     "Category",
     "Decision",
     "GuardOutputError",

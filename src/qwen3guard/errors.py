@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .policy import Decision, Surface
     from .verdict import Verdict
 
 
@@ -18,6 +19,11 @@ class Qwen3GuardError(Exception):
 
 class InvalidInputError(Qwen3GuardError, ValueError):
     """The content handed to the guard cannot be judged as given (empty, wrong type, bad role)."""
+
+
+class ContextLengthError(InvalidInputError):
+    """The content does not fit the model's context and cannot be split into windows (e.g. a
+    chat template whose fixed part alone is longer than the context)."""
 
 
 class ModelFormatError(Qwen3GuardError, ValueError):
@@ -42,27 +48,39 @@ class GuardUnavailableError(Qwen3GuardError):
 class UnsafeContentError(Qwen3GuardError):
     """The policy blocked content.
 
-    ``stage`` names where it was caught (``input``, ``output``, ``tool_call``, ``tool_result``,
-    ``retrieval``); ``verdict`` is the judgement that blocked it; ``content`` the text judged.
+    ``stage`` is the :class:`~qwen3guard.Surface` where it was caught (a ``str`` enum, so
+    ``exc.stage == "input"`` holds); ``verdict`` is the judgement that blocked it (None when the
+    guard could not judge and the policy failed closed); ``decision`` the policy's decision;
+    ``content`` the content judged.
     """
 
     def __init__(
         self,
         message: str | None = None,
         *,
-        stage: str,
-        verdict: Verdict | None,
+        stage: Surface | str,
+        verdict: Verdict | None = None,
         content: Any = None,
+        decision: Decision | None = None,
     ) -> None:
+        from .policy import Decision, Surface
+
+        surface = Surface(stage)
+        if decision is None:
+            reason = "blocked" if verdict is not None else "guard unavailable; fail-closed"
+            decision = Decision(False, verdict, surface, reason)
+        elif verdict is None:
+            verdict = decision.verdict
         if message is None:
             if verdict is not None:
                 cats = ", ".join(c.value for c in verdict.categories) or "None"
-                message = f"{stage}: {verdict.risk.value} ({cats})"
+                message = f"{surface.value}: {verdict.risk.value} ({cats})"
             else:
-                message = f"{stage}: blocked"
+                message = f"{surface.value}: blocked ({decision.reason})"
         super().__init__(message)
-        self.stage = stage
+        self.stage: Surface = surface
         self.verdict = verdict
+        self.decision: Decision = decision
         self.content = content
 
 

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import GuardOutputError, GuardUnavailableError, InvalidInputError, UnsafeContentError
@@ -212,45 +212,80 @@ class Qwen3Guard:
     def decide(self, verdict: Verdict | None, surface: Surface | str = Surface.INPUT) -> Decision:
         return self.policy.decide(verdict, surface)
 
-    def screen(self, messages: Conversation, surface: Surface | str = Surface.INPUT) -> Decision:
-        """Judge and decide. Never raises for unsafe content; a guard failure becomes a block
-        (fail-closed) or an allow with a warning (fail-open). Bad input still raises."""
-        if not self.policy.is_enabled(surface):
-            return Decision(True, None, Surface(surface), "surface not checked")
-        try:
-            verdict = self.check(messages)
-        except (GuardUnavailableError, GuardOutputError) as exc:
-            return self._failed(exc, surface)
-        return self.policy.decide(verdict, surface)
+    def screen(
+        self,
+        messages: Conversation | None,
+        surface: Surface | str = Surface.INPUT,
+        *,
+        policy: Policy | None = None,
+    ) -> Decision:
+        """Judge and decide with ``policy`` (default: the guard's). Never raises for unsafe
+        content; a guard failure becomes a block (fail-closed) or an allow with a warning
+        (fail-open). Bad input raises :class:`InvalidInputError`; empty content is allowed as
+        "nothing to judge"."""
+        plan = _ScreenPlan(self, [(messages, surface)], policy, strict_input=True)
+        if plan.convs:
+            plan.results = self.check_batch(plan.convs, return_exceptions=True)
+        return plan.finish()[0]
 
     async def ascreen(
-        self, messages: Conversation, surface: Surface | str = Surface.INPUT
+        self,
+        messages: Conversation | None,
+        surface: Surface | str = Surface.INPUT,
+        *,
+        policy: Policy | None = None,
     ) -> Decision:
-        if not self.policy.is_enabled(surface):
-            return Decision(True, None, Surface(surface), "surface not checked")
-        try:
-            verdict = await self.acheck(messages)
-        except (GuardUnavailableError, GuardOutputError) as exc:
-            return self._failed(exc, surface)
-        return self.policy.decide(verdict, surface)
+        plan = _ScreenPlan(self, [(messages, surface)], policy, strict_input=True)
+        if plan.convs:
+            plan.results = await self.acheck_batch(plan.convs, return_exceptions=True)
+        return plan.finish()[0]
 
-    def enforce(self, messages: Conversation, surface: Surface | str = Surface.INPUT) -> Decision:
+    def screen_batch(
+        self,
+        items: Sequence[tuple[Conversation | None, Surface | str]],
+        *,
+        policy: Policy | None = None,
+    ) -> list[Decision]:
+        """One decision per ``(conversation, surface)``, judged in one batched call.
+
+        One bad item fails alone: content that cannot be judged as given (a lone surrogate, a
+        non-text part) is blocked, with the :class:`InvalidInputError` in ``decision.error``,
+        whatever ``fail_open`` says (it is not the guard that failed); the others are judged.
+        """
+        plan = _ScreenPlan(self, items, policy, strict_input=False)
+        if plan.convs:
+            plan.results = self.check_batch(plan.convs, return_exceptions=True)
+        return plan.finish()
+
+    async def ascreen_batch(
+        self,
+        items: Sequence[tuple[Conversation | None, Surface | str]],
+        *,
+        policy: Policy | None = None,
+    ) -> list[Decision]:
+        plan = _ScreenPlan(self, items, policy, strict_input=False)
+        if plan.convs:
+            plan.results = await self.acheck_batch(plan.convs, return_exceptions=True)
+        return plan.finish()
+
+    def enforce(
+        self,
+        messages: Conversation,
+        surface: Surface | str = Surface.INPUT,
+        *,
+        policy: Policy | None = None,
+    ) -> Decision:
         """Like :meth:`screen`, but raise :class:`UnsafeContentError` when blocked."""
-        return _raise_if_blocked(self.screen(messages, surface), messages)
+        return raise_if_blocked(self.screen(messages, surface, policy=policy), messages)
 
     async def aenforce(
-        self, messages: Conversation, surface: Surface | str = Surface.INPUT
+        self,
+        messages: Conversation,
+        surface: Surface | str = Surface.INPUT,
+        *,
+        policy: Policy | None = None,
     ) -> Decision:
-        return _raise_if_blocked(await self.ascreen(messages, surface), messages)
-
-    def _failed(self, exc: Exception, surface: Surface | str) -> Decision:
-        decision = self.policy.decide(None, surface)
-        if decision.allowed:
-            warnings.warn(f"qwen3guard could not judge ({exc}); allowed by fail-open policy",
-                          RuntimeWarning, stacklevel=3)
-        else:
-            log.warning("qwen3guard could not judge (%s); blocked (fail-closed)", exc)
-        return Decision(decision.allowed, None, decision.surface, f"{decision.reason}: {exc}")
+        return raise_if_blocked(await self.ascreen(messages, surface, policy=policy), messages)
 
     # -- streaming ------------------------------------------------------------------------------
 
@@ -362,8 +397,97 @@ def _response_messages(prompt: Any, response: Any) -> list[Any]:
     return [*before, {"role": "assistant", "content": require_text(response, "response")}]
 
 
-def _raise_if_blocked(decision: Decision, content: Any) -> Decision:
+def raise_if_blocked(decision: Decision, content: Any = None) -> Decision:
+    """``decision`` if it allows; else raise :class:`UnsafeContentError` carrying it."""
     if decision.blocked:
-        raise UnsafeContentError(stage=decision.surface.value, verdict=decision.verdict,
-                                 content=content)
+        raise UnsafeContentError(stage=decision.surface, verdict=decision.verdict,
+                                 content=content, decision=decision)
     return decision
+
+
+def could_not_judge(policy: Policy, exc: BaseException, surface: Surface | str) -> Decision:
+    """The decision for content the guard could not judge: blocked (fail-closed) unless the
+    policy fails open, and then allowed with a warning. The one place this rule lives."""
+    decision = policy.decide(None, surface)
+    if decision.allowed:
+        warnings.warn(f"qwen3guard could not judge ({exc}); allowed by fail-open policy",
+                      RuntimeWarning, stacklevel=3)
+    else:
+        log.warning("qwen3guard could not judge (%s); blocked (fail-closed)", exc)
+    return Decision(decision.allowed, None, decision.surface, f"{decision.reason}: {exc}",
+                    error=exc)
+
+
+class _ScreenPlan:
+    """Screening of many items with one batched check: what needs no model (a surface that is
+    off, empty content, content that cannot be judged) is decided here; the rest is judged
+    together and decided with the policy once the results are in. Sync and async callers
+    differ only in how they wait for ``results``."""
+
+    def __init__(
+        self,
+        guard: Qwen3Guard,
+        items: Sequence[tuple[Conversation | None, Surface | str]],
+        policy: Policy | None,
+        *,
+        strict_input: bool,
+    ) -> None:
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+            raise InvalidInputError("screen_batch() takes a list of (conversation, surface)")
+        self.policy = policy if policy is not None else guard.policy
+        self.decisions: list[Decision | None] = []
+        self.surfaces: list[Surface] = []
+        self.todo: list[int] = []
+        self.convs: list[list[Message]] = []
+        self.results: Sequence[Verdict | Exception] = []
+        for conv, surface in items:
+            surface = Surface(surface)
+            self.surfaces.append(surface)
+            decision: Decision | None = None
+            if not self.policy.is_enabled(surface):
+                decision = Decision(True, None, surface, "surface not checked")
+            elif _is_empty(conv):
+                decision = Decision(True, None, surface, "nothing to judge")
+            else:
+                try:
+                    normalized = normalize_messages(conv)
+                except InvalidInputError as exc:
+                    if strict_input:
+                        raise
+                    decision = Decision(False, None, surface, f"cannot be judged: {exc}",
+                                        error=exc)
+                else:
+                    self.todo.append(len(self.decisions))
+                    self.convs.append(normalized)
+            self.decisions.append(decision)
+
+    def finish(self) -> list[Decision]:
+        for i, result in zip(self.todo, self.results):
+            surface = self.surfaces[i]
+            if isinstance(result, Verdict):
+                self.decisions[i] = self.policy.decide(result, surface)
+            elif isinstance(result, (GuardUnavailableError, GuardOutputError)):
+                self.decisions[i] = could_not_judge(self.policy, result, surface)
+            elif isinstance(result, InvalidInputError):  # e.g. windows that cannot be made
+                self.decisions[i] = Decision(False, None, surface,
+                                             f"cannot be judged: {result}", error=result)
+            else:
+                raise result
+        assert all(d is not None for d in self.decisions)
+        return [d for d in self.decisions if d is not None]
+
+
+def _is_empty(conv: Conversation | None) -> bool:
+    """Nothing to judge: no content at all, or only blank text in every message. (A blank last
+    message after real content is not "nothing": normalisation rejects it as bad input.)"""
+    if conv is None:
+        return True
+    if isinstance(conv, str):
+        return not conv.strip()
+    if not isinstance(conv, Sequence):
+        return False
+    for m in conv:
+        content = m.get("content") if isinstance(m, Mapping) else getattr(m, "content", None)
+        if not isinstance(content, str) or content.strip():
+            return False
+    return True

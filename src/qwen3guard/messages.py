@@ -27,19 +27,31 @@ _ROLE_ALIASES = {
 }
 
 
+def checked_text(text: str, where: str) -> str:
+    """``text`` if it can be encoded (UTF-8); a lone surrogate cannot, and would fail the whole
+    batch it is in deep inside the tokenizer, so it fails here, alone."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{where} is not valid text: {exc.reason} at position {exc.start}"
+        ) from None
+    return text
+
+
 def content_text(content: Any, *, where: str = "content") -> str:
     """Plain text of a message's content: a string, or OpenAI-style text parts."""
     if isinstance(content, str):
-        return content
+        return checked_text(content, where)
     if isinstance(content, Sequence) and not isinstance(content, (bytes, bytearray)):
         parts: list[str] = []
         for part in content:
             if isinstance(part, str):
-                parts.append(part)
+                parts.append(checked_text(part, where))
             elif isinstance(part, Mapping) and part.get("type") == "text" and isinstance(
                 part.get("text"), str
             ):
-                parts.append(part["text"])
+                parts.append(checked_text(part["text"], where))
             else:
                 raise InvalidInputError(
                     f"{where}: only text can be judged; got a part of type "

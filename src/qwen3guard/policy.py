@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from .verdict import Category, RiskLevel, Verdict
 
@@ -50,16 +50,43 @@ class SurfaceRule:
                 object.__setattr__(self, name, _categories(value))
 
 
+#: What integrations show in place of blocked content unless configured otherwise.
+DEFAULT_REFUSAL_MESSAGE = "I'm sorry, but I can't help with that request."
+
+#: The metadata key under which every integration records its decisions.
+METADATA_KEY = "qwen3guard"
+
+
 @dataclass(frozen=True)
 class Decision:
+    """The policy's answer for one piece of content on one surface.
+
+    ``verdict`` is None when nothing was judged (the surface is off, the content was empty) or
+    when the guard could not judge; ``error`` then holds why it could not (the guard's failure,
+    or an :class:`~qwen3guard.InvalidInputError` for content that cannot be judged as given).
+    """
+
     allowed: bool
     verdict: Verdict | None
     surface: Surface
     reason: str
+    error: BaseException | None = field(default=None, compare=False)
 
     @property
     def blocked(self) -> bool:
         return not self.allowed
+
+    def to_dict(self) -> dict[str, Any]:
+        """The one metadata shape every integration writes under ``"qwen3guard"``."""
+        return {
+            "allowed": self.allowed,
+            "surface": self.surface.value,
+            "reason": self.reason,
+            "risk": self.verdict.risk.value if self.verdict is not None else None,
+            "categories": [c.value for c in self.verdict.categories] if self.verdict else [],
+            "verdict": self.verdict.to_dict() if self.verdict is not None else None,
+            "error": repr(self.error) if self.error is not None else None,
+        }
 
 
 @dataclass(frozen=True)
