@@ -12,6 +12,9 @@ from .errors import (
 )
 from .guard import Qwen3Guard, get_default_guard, set_default_guard
 from .policy import DEFAULT_REFUSAL_MESSAGE, METADATA_KEY, Decision, Policy, Surface, SurfaceRule
+from .stream.gate import GateStep, StreamGate
+from .stream.session import StreamBackend, StreamSession
+from .stream.types import StreamUpdate, TokenVerdict
 from .verdict import Category, RiskLevel, Role, Verdict, parse_gen_output
 
 __version__ = "0.1.0"
@@ -22,6 +25,7 @@ __all__ = [
     "METADATA_KEY",
     "Category",
     "Decision",
+    "GateStep",
     "GuardOutputError",
     "GuardUnavailableError",
     "InvalidInputError",
@@ -33,7 +37,12 @@ __all__ = [
     "RiskLevel",
     "Role",
     "Surface",
+    "StreamBackend",
+    "StreamGate",
+    "StreamSession",
+    "StreamUpdate",
     "SurfaceRule",
+    "TokenVerdict",
     "UnsafeContentError",
     "Verdict",
     "get_default_guard",

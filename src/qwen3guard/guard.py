@@ -15,14 +15,17 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import GuardOutputError, GuardUnavailableError, InvalidInputError, UnsafeContentError
 from .gen.base import GenBackend
 from .messages import Message, normalize_messages, require_text, role_of
 from .policy import Decision, Policy, Surface
 from .verdict import Verdict, parse_gen_output, worst
+
+if TYPE_CHECKING:
+    from .stream.session import StreamBackend, StreamSession
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ class Qwen3Guard:
         self,
         gen: GenBackend | None = None,
         *,
-        stream: Any = None,
+        stream: StreamBackend | None = None,
         policy: Policy | None = None,
         stream_fallback_every: int = 32,
     ) -> None:
@@ -289,22 +292,55 @@ class Qwen3Guard:
 
     # -- streaming ------------------------------------------------------------------------------
 
-    def open_stream(self, prompt_messages: Conversation, **kwargs: Any) -> Any:
+    def open_stream(self, prompt_messages: Conversation | None, **kwargs: Any) -> StreamSession:
         """Open a moderation session for a streamed answer to ``prompt_messages``.
 
-        The prompt is judged on open (``session.prompt_verdict``). Feed the answer with
-        ``session.feed_text(chunk)`` or ``session.feed_ids(ids)``. Without a Stream model the
-        session re-checks the accumulated answer with Gen every ``stream_fallback_every``
-        tokens.
+        The prompt is judged on open (``session.prompt_verdict``; None when ``prompt_messages``
+        is None: no prompt is known, and the answer is judged in a neutral context). Feed the
+        answer with ``session.feed_text(chunk)`` or ``session.feed_ids(ids)``. Without a Stream
+        model the session re-checks the accumulated answer with Gen every
+        ``stream_fallback_every`` tokens. A prompt too long for the Stream model is judged by
+        Gen (see :func:`qwen3guard.stream.session.open_session`).
         """
         from .stream.session import open_session
 
         return open_session(self, prompt_messages, **kwargs)
 
-    async def aopen_stream(self, prompt_messages: Conversation, **kwargs: Any) -> Any:
+    async def aopen_stream(
+        self, prompt_messages: Conversation | None, **kwargs: Any
+    ) -> StreamSession:
         from .stream.session import aopen_session
 
         return await aopen_session(self, prompt_messages, **kwargs)
+
+    def moderate_stream(
+        self,
+        prompt_messages: Conversation | None,
+        chunks: Iterable[str],
+        *,
+        policy: Policy | None = None,
+        **session_options: Any,
+    ) -> Iterator[str]:
+        """Moderate a streamed answer: yield its text as soon as it is settled (judged, and
+        before any span a later token could still flag); at a flag, raise
+        :class:`UnsafeContentError` after the text before the flagged span. A blocked prompt
+        raises before the first chunk is read. See :mod:`qwen3guard.stream.gate`."""
+        from .stream.gate import moderate_text
+
+        return moderate_text(self, prompt_messages, chunks, policy=policy, **session_options)
+
+    def amoderate_stream(
+        self,
+        prompt_messages: Conversation | None,
+        chunks: AsyncIterable[str],
+        *,
+        policy: Policy | None = None,
+        **session_options: Any,
+    ) -> AsyncIterator[str]:
+        """The async form of :meth:`moderate_stream`."""
+        from .stream.gate import amoderate_text
+
+        return amoderate_text(self, prompt_messages, chunks, policy=policy, **session_options)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -17,6 +17,11 @@ token, exactly the report's rule; in loose mode Controversial tokens are not hit
 never flag; ignored categories are not hits; ``block_categories`` make their tokens hits.
 Hence ``flagged`` always means: ``policy.decide(verdict, "output")`` blocks.
 
+The end of the answer: a hit on the last token has no successor to confirm it, so the pair rule
+alone would let an answer that ends on one unsafe token ("... how to make a bomb") pass.
+:meth:`Debouncer.finish` flags it (the last token's verdict decides), so a closed session never
+reports Safe for an answer whose last token the policy blocks.
+
 The verdict is the first flagging pair's (token ``i``'s risk and category); it is upgraded,
 never downgraded, when a later pair is more severe, while ``flag_offset`` and
 ``flag_token_index`` keep pointing at the first one. ``flag_offset`` is where token ``i-1``
@@ -61,6 +66,7 @@ class _Prev:
     risk: RiskLevel
     hit: bool
     start: int
+    tv: TokenVerdict | None = None
 
 
 class Debouncer:
@@ -92,12 +98,48 @@ class Debouncer:
             self._hit_cache[key] = hit
         return hit
 
+    def settled(self, scored_end: int) -> int:
+        """The offset before which no future flag can start, given that the answer has been
+        scored up to ``scored_end``: a flag needs a hit, and the earliest one still possible is
+        a pair starting at the last token when that token is itself a hit."""
+        if self.flagged:
+            assert self.flag_offset is not None
+            return self.flag_offset
+        prev = self._prev
+        if prev is not None and prev.hit:
+            return max(0, min(prev.start, scored_end))
+        return scored_end
+
+    def finish(self) -> bool:
+        """The answer has ended: a last token that is a hit is flagged on its own (there is no
+        next token to confirm it). Returns True when this flagged."""
+        prev = self._prev
+        if self.flagged or prev is None or not prev.hit or prev.tv is None:
+            return False
+        verdict = token_to_verdict(prev.tv)
+        self.flagged = True
+        self.verdict = Verdict(
+            risk=verdict.risk,
+            categories=verdict.categories,
+            role=Role.RESPONSE,
+            raw=(
+                f"the last token ({prev.index}) is {prev.risk.value}; the answer ended before "
+                f"a second token could confirm it ({self.mode} debounce)"
+            ),
+            scores=verdict.scores,
+            metadata={"token_index": prev.index, "pair_offset": prev.start,
+                      "debounce": self.mode, "at_close": True},
+        )
+        self.flag_offset = max(0, prev.start)
+        self.flag_token_index = prev.index
+        return True
+
     def push(self, tv: TokenVerdict, start: int) -> bool:
         """Add the next token (``start`` = its character offset in the answer). Returns True
         when this token made (or upgraded) the flag."""
         hit = self.is_hit(tv)
         prev = self._prev
-        self._prev = _Prev(tv.index, tv.risk, hit, start)
+        self._prev = _Prev(tv.index, tv.risk, hit, start, tv)
         if not (hit and prev is not None and prev.hit and prev.index == tv.index - 1):
             return False
         if self.mode == "eval" and prev.risk is not tv.risk:

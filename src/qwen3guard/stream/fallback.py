@@ -30,7 +30,7 @@ from ..policy import Policy, Surface
 from ..verdict import Verdict
 from .debounce import MODES
 from .retokenize import IncrementalDecoder, encode_plain
-from .session import StreamSession
+from .session import NO_PROMPT, StreamSession
 from .types import StreamUpdate, TokenVerdict
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ class FallbackSession(StreamSession):
         self.every = every
         self._guard = guard
         self.policy = policy or guard.policy
-        self._messages = normalize_messages(prompt_messages)
+        self._no_prompt = prompt_messages is None
+        self._messages = normalize_messages(list(NO_PROMPT) if self._no_prompt else prompt_messages)
         self._tokenizer = getattr(guard.gen, "tokenizer", None)
         self._decoder: IncrementalDecoder | None = None
         self._tokens = 0
@@ -75,17 +76,18 @@ class FallbackSession(StreamSession):
         self._flag_token_index: int | None = None
         self._error: str | None = None
         self.checks_run = 0
+        self._ended = False  # closed after the final check (everything judged)
 
     @classmethod
     def open(cls, guard: Any, prompt_messages: Any, **kwargs: Any) -> FallbackSession:
         s = cls(guard, prompt_messages, **kwargs)
-        s.prompt_verdict = guard.check(s._messages)
+        s.prompt_verdict = None if s._no_prompt else guard.check(s._messages)
         return s
 
     @classmethod
     async def aopen(cls, guard: Any, prompt_messages: Any, **kwargs: Any) -> FallbackSession:
         s = cls(guard, prompt_messages, **kwargs)
-        s.prompt_verdict = await guard.acheck(s._messages)
+        s.prompt_verdict = None if s._no_prompt else await guard.acheck(s._messages)
         return s
 
     # -- state ---------------------------------------------------------------------------------
@@ -102,6 +104,14 @@ class FallbackSession(StreamSession):
     def tokens_seen(self) -> int:
         return self._tokens
 
+    @property
+    def settled_offset(self) -> int:
+        """What the last passing check judged: a later check judges the whole answer again, so
+        a flag can only be placed after it."""
+        if self._flagged and self._flag_offset is not None:
+            return self._flag_offset
+        return self._text_len if self._ended else self._safe_len
+
     # -- sync ----------------------------------------------------------------------------------
 
     def _feed_text(self, chunk: str) -> StreamUpdate:
@@ -114,7 +124,9 @@ class FallbackSession(StreamSession):
 
     def _close(self) -> StreamUpdate:
         snap = self._due(final=True)
-        return self._finish(snap, self._check(snap) if snap else None, {"closed": True})
+        result = self._check(snap) if snap else None
+        self._ended = True
+        return self._finish(snap, result, {"closed": True})
 
     def _check(self, snap: tuple[str, int]) -> tuple[Verdict | None, BaseException | None]:
         self.checks_run += 1
@@ -146,6 +158,7 @@ class FallbackSession(StreamSession):
         result = await self._acheck(snap) if snap else None
         with self._lock:
             if not self._closed:
+                self._ended = True
                 self._final = self._finish(snap, result, {"closed": True})
                 self._closed = True
             assert self._final is not None
@@ -229,7 +242,7 @@ class FallbackSession(StreamSession):
                     self._flagged = True
                     self._flag_offset = self._safe_len
                     self._flag_token_index = self._safe_tokens
-                elif decision.allowed and error is None and not self._flagged:
+                elif decision.allowed and not self._flagged:  # judged safe, or fail-open
                     self._safe_len = len(snap[0])
                     self._safe_tokens = snap[1]
         if metadata:
@@ -250,4 +263,5 @@ class FallbackSession(StreamSession):
             flag_token_index=self._flag_token_index,
             tokens_seen=self._tokens,
             metadata=meta,
+            settled_offset=self.settled_offset,
         )

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import GuardUnavailableError, InvalidInputError, ModelFormatError
+from ..errors import ContextLengthError, GuardUnavailableError, InvalidInputError, ModelFormatError
 from ..gen.tokenize import _MARK, _MARK_RE, ConversationEncoder
 from ..messages import Message, normalize_messages
 from ..policy import Policy
@@ -215,6 +215,15 @@ class LocalStreamBackend:
 
     # -- public ----------------------------------------------------------------------------------
 
+    def open_session(self, prompt_messages: Any, **options: Any) -> LocalStreamSession:
+        """A session on this model; the prompt is judged on open."""
+        return LocalStreamSession(self, prompt_messages, **options)
+
+    async def aopen_session(self, prompt_messages: Any, **options: Any) -> LocalStreamSession:
+        import asyncio
+
+        return await asyncio.to_thread(LocalStreamSession, self, prompt_messages, **options)
+
     @property
     def active_sessions(self) -> int:
         """Sessions opened and not yet closed or collected."""
@@ -238,7 +247,7 @@ class LocalStreamBackend:
         )
         room = budget - overhead - 8
         if room < 16:
-            raise InvalidInputError(
+            raise ContextLengthError(
                 f"the prompt's template alone takes {overhead} tokens, over half the Stream "
                 f"model's context ({self.max_context_tokens})"
             )
@@ -476,6 +485,8 @@ class LocalStreamSession(StreamSession):
         self._prompt_messages = messages
         self._kv = _KV()
         self._tokens = 0  # response tokens judged
+        self._scored_end = 0  # response offset up to which the text has been judged
+        self._ended = False  # closed after judging everything (not aborted)
         self._model_s = 0.0
         self._trace: list[tuple[Any, Any]] | None = [] if record_logits else None
         self._trace_ids: list[int] = []
@@ -528,6 +539,12 @@ class LocalStreamSession(StreamSession):
         return self._tokens
 
     @property
+    def settled_offset(self) -> int:
+        if self._ended and not self.flagged:
+            return self._text_len
+        return self._debouncer.settled(self._scored_end)
+
+    @property
     def debounce(self) -> str:
         return self._debouncer.mode
 
@@ -571,7 +588,8 @@ class LocalStreamSession(StreamSession):
             text = self._decoder.step(i)
             texts.append(text)
             self._append_text(text)
-        items = [(i, None, "") for i in header] + list(zip(ids, starts, texts))
+        items: list[tuple[int, int | None, str]] = [(i, None, "") for i in header]
+        items.extend(zip(ids, starts, texts))
         tvs.extend(self._run(items))
         return self._snapshot(tvs, metadata)
 
@@ -593,7 +611,10 @@ class LocalStreamSession(StreamSession):
             last_end = max(last_end, p.end)
             items.append((p.token_id, self._retok_base + max(0, p.start - plen), text))
         self._last_piece_end = last_end
-        return self._snapshot(self._run(items))
+        tvs = self._run(items)
+        if last_end > plen:  # the text up to the last committed piece has been judged
+            self._scored_end = max(self._scored_end, self._retok_base + last_end - plen)
+        return self._snapshot(tvs)
 
     def _run(self, items: list[tuple[int, int | None, str]]) -> list[TokenVerdict]:
         """Feed ids to the model; ``start is None`` marks template ids (not reported)."""
@@ -617,9 +638,11 @@ class LocalStreamSession(StreamSession):
         tvs = backend.token_verdicts(step, self._tokens)
         for tv, k in zip(tvs, resp_rows):
             tid, start, text = items[k]
+            assert start is not None
             tv = _with(tv, tid, text)
             out_tvs.append(tv)
-            self._debouncer.push(tv, start)  # type: ignore[arg-type]
+            self._debouncer.push(tv, start)
+            self._scored_end = max(self._scored_end, start + len(text))
             if self._trace is not None:
                 self._trace.append((risk[k].clone(), cat[k].clone()))
                 self._trace_ids.append(tid)
@@ -670,6 +693,8 @@ class LocalStreamSession(StreamSession):
         if self._retok is not None:
             tvs = list(self._run_pieces(self._retok.flush()).token_verdicts)
             self._retok = None
+        self._debouncer.finish()  # a last token that is a hit flags on its own
+        self._ended = True  # every token has been judged: all of it is settled, unless flagged
         return self._snapshot(tvs, {"closed": True})
 
     def _free(self) -> None:
@@ -692,6 +717,7 @@ class LocalStreamSession(StreamSession):
             flag_token_index=d.flag_token_index,
             tokens_seen=self._tokens,
             metadata=meta,
+            settled_offset=self.settled_offset,
         )
 
     # -- for tests ---------------------------------------------------------------------------

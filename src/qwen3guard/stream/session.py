@@ -11,11 +11,17 @@
     async with await guard.aopen_stream(prompt_messages) as session:
         update = await session.afeed_text(chunk)
 
-``open_session(guard, ...)`` picks the implementation: the guard's local Stream model
-(:class:`~qwen3guard.stream.local.LocalStreamSession`), a remote backend's own sessions (any
-``guard.stream`` with an ``open_session`` method), or, with no Stream model, re-checking the
-accumulated answer with Gen (:class:`~qwen3guard.stream.fallback.FallbackSession`). All have
-the public API of :class:`StreamSession`.
+``open_session(guard, ...)`` asks the guard's Stream backend (a :class:`StreamBackend`: the
+local model, a server, vLLM) for a session or, with no Stream model, re-checks the accumulated
+answer with Gen (:class:`~qwen3guard.stream.fallback.FallbackSession`). All have the public API
+of :class:`StreamSession`.
+
+A prompt is never judged by a stand-in: a prompt too long for the Stream model even in windows
+(the template of ~200 short turns alone can fill its context) is judged whole by Gen, in
+windows, and the answer is judged in the context of the most recent messages that fit; with no
+Gen model it raises :class:`~qwen3guard.ContextLengthError`. With no prompt at all
+(``prompt_messages=None``) the answer is judged in a neutral context and ``prompt_verdict`` is
+None, never Safe.
 
 Threading: one session serves one caller at a time; its feeds are serialized by a lock (sync
 and async alike: concurrent ``afeed_text`` calls on one session run in call order). Different
@@ -28,11 +34,16 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from ..errors import GuardUnavailableError, InvalidInputError
-from ..verdict import Verdict
+from ..errors import ContextLengthError, GuardUnavailableError, InvalidInputError
+from ..messages import normalize_messages
+from ..verdict import Verdict, worst
 from .types import StreamUpdate, TokenVerdict
+
+if TYPE_CHECKING:
+    from ..guard import Qwen3Guard
 
 
 class StreamSession:
@@ -62,6 +73,12 @@ class StreamSession:
 
     @property
     def tokens_seen(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def settled_offset(self) -> int:
+        """The offset in ``response_text`` before which no future flag can start (see
+        :class:`~qwen3guard.stream.types.StreamUpdate`)."""
         raise NotImplementedError
 
     @property
@@ -228,35 +245,112 @@ def _as_id_list(ids: Any) -> list[int]:
 
 # -- which session -----------------------------------------------------------------------------
 
+#: The context a Stream session judges an answer in when no prompt is known. Its own verdict is
+#: never reported: ``prompt_verdict`` is None for such a session.
+NO_PROMPT: tuple[dict[str, str], ...] = ({"role": "user", "content": "(no question was given)"},)
 
-def open_session(guard: Any, prompt_messages: Any, **kwargs: Any) -> StreamSession:
+
+@runtime_checkable
+class StreamBackend(Protocol):
+    """What a Stream model backend offers: the local model, a ``qwen3guard serve`` server, or
+    vLLM. ``open_session`` judges the prompt and returns a session; it raises
+    :class:`~qwen3guard.ContextLengthError` when the prompt does not fit the model."""
+
+    name: str
+
+    def open_session(self, prompt_messages: Any, **options: Any) -> StreamSession: ...
+
+    async def aopen_session(self, prompt_messages: Any, **options: Any) -> StreamSession: ...
+
+    def close(self) -> None: ...
+
+
+def open_session(guard: Qwen3Guard, prompt_messages: Any, **kwargs: Any) -> StreamSession:
     """Open the session kind the guard is configured for (see the module docstring)."""
-    from .local import LocalStreamBackend, LocalStreamSession
-
     stream = guard.stream
-    if isinstance(stream, LocalStreamBackend):
-        kwargs.setdefault("policy", guard.policy)
-        kwargs.pop("fallback_every", None)  # only meaningful for the Gen fallback
-        return LocalStreamSession(stream, prompt_messages, **kwargs)
-    if stream is not None and hasattr(stream, "open_session"):
-        return stream.open_session(prompt_messages, **kwargs)
-    from .fallback import FallbackSession
+    if stream is None:
+        from .fallback import FallbackSession
 
-    return FallbackSession.open(guard, prompt_messages, **kwargs)
+        return FallbackSession.open(guard, prompt_messages, **kwargs)
+    options = _options(guard, kwargs)
+    if prompt_messages is None:
+        return _without_prompt(stream.open_session(list(NO_PROMPT), **options))
+    try:
+        return stream.open_session(prompt_messages, **options)
+    except ContextLengthError:
+        if guard.gen is None:
+            raise
+    # Too long for Stream even in windows: the prompt is judged whole by Gen (windows, worst
+    # wins), and the answer in the context of the most recent messages that fit.
+    messages = normalize_messages(prompt_messages)
+    gen_verdict = guard.check(messages)
+    lo, hi = 1, len(messages) - 1  # drop the first k messages; find the smallest k that fits
+    session: StreamSession | None = None
+    while lo <= hi:
+        k = (lo + hi) // 2
+        try:
+            candidate = stream.open_session(messages[k:], **options)
+        except ContextLengthError:
+            lo = k + 1
+            continue
+        if session is not None:
+            session.abort()
+        session, hi = candidate, k - 1
+    if session is None:
+        raise ContextLengthError("not even the last message of the prompt fits the Stream model")
+    return _judged_by_gen(session, gen_verdict)
 
 
-async def aopen_session(guard: Any, prompt_messages: Any, **kwargs: Any) -> StreamSession:
-    from .local import LocalStreamBackend, LocalStreamSession
-
+async def aopen_session(guard: Qwen3Guard, prompt_messages: Any, **kwargs: Any) -> StreamSession:
     stream = guard.stream
-    if isinstance(stream, LocalStreamBackend):
-        kwargs.setdefault("policy", guard.policy)
-        kwargs.pop("fallback_every", None)
-        return await asyncio.to_thread(LocalStreamSession, stream, prompt_messages, **kwargs)
-    if stream is not None and hasattr(stream, "aopen_session"):
-        return await stream.aopen_session(prompt_messages, **kwargs)
-    if stream is not None and hasattr(stream, "open_session"):
-        return await asyncio.to_thread(stream.open_session, prompt_messages, **kwargs)
-    from .fallback import FallbackSession
+    if stream is None:
+        from .fallback import FallbackSession
 
-    return await FallbackSession.aopen(guard, prompt_messages, **kwargs)
+        return await FallbackSession.aopen(guard, prompt_messages, **kwargs)
+    options = _options(guard, kwargs)
+    if prompt_messages is None:
+        return _without_prompt(await stream.aopen_session(list(NO_PROMPT), **options))
+    try:
+        return await stream.aopen_session(prompt_messages, **options)
+    except ContextLengthError:
+        if guard.gen is None:
+            raise
+    messages = normalize_messages(prompt_messages)
+    gen_verdict = await guard.acheck(messages)
+    lo, hi = 1, len(messages) - 1
+    session: StreamSession | None = None
+    while lo <= hi:
+        k = (lo + hi) // 2
+        try:
+            candidate = await stream.aopen_session(messages[k:], **options)
+        except ContextLengthError:
+            lo = k + 1
+            continue
+        if session is not None:
+            await session.aabort()
+        session, hi = candidate, k - 1
+    if session is None:
+        raise ContextLengthError("not even the last message of the prompt fits the Stream model")
+    return _judged_by_gen(session, gen_verdict)
+
+
+def _options(guard: Qwen3Guard, kwargs: dict[str, Any]) -> dict[str, Any]:
+    options = dict(kwargs)
+    options.setdefault("policy", guard.policy)
+    options.pop("fallback_every", None)  # only meaningful for the Gen fallback
+    return options
+
+
+def _without_prompt(session: StreamSession) -> StreamSession:
+    session.prompt_verdict = None  # the placeholder's verdict says nothing about any prompt
+    return session
+
+
+def _judged_by_gen(session: StreamSession, gen_verdict: Verdict) -> StreamSession:
+    stream_verdict = session.prompt_verdict
+    verdicts = [gen_verdict] if stream_verdict is None else [gen_verdict, stream_verdict]
+    combined = worst(verdicts)
+    session.prompt_verdict = replace(
+        combined, metadata={**combined.metadata, "judged_by": "gen", "stream_context": "suffix"}
+    )
+    return session

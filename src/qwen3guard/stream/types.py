@@ -42,6 +42,10 @@ class StreamUpdate:
     ``flagged`` is sticky: once a session is flagged every later update says so.
     ``verdict`` is the debounced verdict of the response so far (Safe until flagged).
     ``flag_offset`` is the character offset in the response where the flagged span starts.
+    ``settled_offset`` is the offset before which no future flag can start: text before it has
+    been judged and will stay allowed, whatever comes next. It only grows; once flagged it is
+    ``flag_offset``. A reader may be shown exactly the text before it (see
+    :class:`~qwen3guard.stream.gate.StreamGate`).
     """
 
     token_verdicts: tuple[TokenVerdict, ...] = ()
@@ -51,3 +55,4 @@ class StreamUpdate:
     flag_token_index: int | None = None
     tokens_seen: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
+    settled_offset: int = 0

@@ -1,0 +1,446 @@
+"""The streaming gate: what of a moderated answer reaches the reader, and when.
+
+Every integration streams through this one gate; it is framework-free. Chunks go in (any
+object, with the text it adds to the answer); chunks come out, in order, once all of their text
+is *settled*: judged, and before any offset where a future flag could start
+(:attr:`StreamUpdate.settled_offset`). So nothing the guard has not judged, and nothing of a span
+it may yet flag, is ever released:
+
+    gate = StreamGate.open(guard, prompt_messages)
+    if gate.prompt_decision.blocked: ...            # the prompt, judged on open
+    for chunk in llm_stream:
+        step = gate.feed(chunk, chunk.text)
+        emit(step.released)                         # settled chunks, in order
+        if step.flagged:                            # stop; step.decision says why
+            emit_cut(step.partial)                  # (chunk, its text before flag_offset)
+            break
+    else:
+        step = gate.finish()                        # judges the rest, then releases or flags
+
+How much is held back follows from the session, not from a count of chunks: with the local
+Stream model, the re-tokenizer's unstable tail plus the last token when it is itself a hit (a
+flag needs two); with the Gen fallback, everything after the last passing check. Chunks without
+text (a tool-call chunk, an empty last chunk) wait their turn behind the text before them.
+
+The rules, once for every integration:
+
+- A flag stops the gate. What was settled before ``flag_offset`` is released; the chunk that
+  holds ``flag_offset`` is offered cut (``partial``), so a caller may show the text before the
+  flagged span; nothing after it ever leaves.
+- A guard that could not judge (server down, unparseable answer) decides by
+  :func:`~qwen3guard.guard.could_not_judge`: a block (fail-closed) stops the gate like a flag;
+  an allow (fail-open) opens it, and everything is released unjudged from then on.
+- Content that cannot be judged as given (``InvalidInputError``) blocks, whatever fail-open says.
+- A flag the policy allows does not exist: the session only flags what the policy blocks.
+
+Sync and async forms share one core; they differ only in how they wait for the session.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ..errors import (
+    GuardOutputError,
+    GuardUnavailableError,
+    InvalidInputError,
+    UnsafeContentError,
+)
+from ..policy import Decision, Policy, Surface
+from .session import StreamSession
+from .types import StreamUpdate
+
+if TYPE_CHECKING:
+    from ..guard import Conversation, Qwen3Guard
+
+T = TypeVar("T")
+
+_COULD_NOT_JUDGE = (GuardUnavailableError, GuardOutputError)
+
+
+@dataclass(frozen=True)
+class GateStep(Generic[T]):
+    """What one feed (or the finish) lets through.
+
+    ``released``: chunks to pass on now, in order. ``flagged``: the answer is blocked; pass
+    nothing more (sticky). ``decision``: why it is blocked (flagged), or the final allow
+    (after :meth:`StreamGate.finish`). ``partial``: when flagged, the chunk holding
+    ``flag_offset`` with its text before that offset (``""`` when the span starts at the chunk's
+    first character); None when the flag falls between chunks or nothing was held.
+    """
+
+    released: tuple[T, ...] = ()
+    flagged: bool = False
+    decision: Decision | None = None
+    partial: tuple[T, str] | None = None
+    update: StreamUpdate | None = None
+
+
+class StreamGate(Generic[T]):
+    """Releases chunks of an answer once the stream session has settled their text."""
+
+    def __init__(
+        self,
+        session: StreamSession | None,
+        *,
+        policy: Policy,
+        prompt_decision: Decision | None = None,
+    ) -> None:
+        self.session = session
+        self.policy = policy
+        self.prompt_decision = prompt_decision or Decision(True, None, Surface.INPUT, "no prompt")
+        self._held: deque[tuple[T, int, str]] = deque()  # (chunk, end offset, its text)
+        self._fed = 0  # characters of answer text handed to the session
+        self._released_to = 0  # end offset of the last released chunk
+        self._open = False  # fail-open after a guard failure: release everything
+        self._done: GateStep[T] | None = None  # the sticky final step (flagged or finished)
+        self.last_update: StreamUpdate | None = None
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        guard: Qwen3Guard,
+        prompt_messages: Conversation | None,
+        *,
+        policy: Policy | None = None,
+        **session_options: Any,
+    ) -> StreamGate[T]:
+        """Open a session for an answer to ``prompt_messages`` (None: no prompt is known) and
+        decide the prompt. A guard that cannot open a session decides by
+        :func:`~qwen3guard.guard.could_not_judge` (the gate then has no session)."""
+        pol = policy if policy is not None else guard.policy
+        try:
+            session = guard.open_stream(prompt_messages, policy=pol, **session_options)
+        except _COULD_NOT_JUDGE as exc:
+            return cls._unopened(pol, exc)
+        return cls(session, policy=pol, prompt_decision=_prompt_decision(pol, session))
+
+    @classmethod
+    async def aopen(
+        cls,
+        guard: Qwen3Guard,
+        prompt_messages: Conversation | None,
+        *,
+        policy: Policy | None = None,
+        **session_options: Any,
+    ) -> StreamGate[T]:
+        pol = policy if policy is not None else guard.policy
+        try:
+            session = await guard.aopen_stream(prompt_messages, policy=pol, **session_options)
+        except _COULD_NOT_JUDGE as exc:
+            return cls._unopened(pol, exc)
+        return cls(session, policy=pol, prompt_decision=_prompt_decision(pol, session))
+
+    @classmethod
+    def _unopened(cls, policy: Policy, exc: BaseException) -> StreamGate[T]:
+        from ..guard import could_not_judge
+
+        prompt = could_not_judge(policy, exc, Surface.INPUT)
+        gate: StreamGate[T] = cls(None, policy=policy, prompt_decision=prompt)
+        if prompt.allowed:  # fail-open: nothing will judge the answer either
+            gate._open = True
+        else:
+            gate._done = GateStep(flagged=True, decision=could_not_judge(policy, exc, Surface.OUTPUT))
+        return gate
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def flagged(self) -> bool:
+        return self._done is not None and self._done.flagged
+
+    @property
+    def finished(self) -> bool:
+        return self._done is not None
+
+    @property
+    def decision(self) -> Decision | None:
+        """Why the gate stopped (flagged), or the final allow; None while the answer streams."""
+        return self._done.decision if self._done is not None else None
+
+    @property
+    def held(self) -> int:
+        """How many chunks are waiting to be released."""
+        return len(self._held)
+
+    @property
+    def released_offset(self) -> int:
+        """The length of the answer released so far."""
+        return self._released_to
+
+    # -- sync ----------------------------------------------------------------------------------
+
+    def feed(self, chunk: T, text: str = "") -> GateStep[T]:
+        """Add the next chunk (``text``: what it adds to the answer; ``""`` for none)."""
+        if self._done is not None:
+            return self._done
+        self._hold(chunk, text)
+        if not text or self._open:
+            return self._release(None)
+        assert self.session is not None
+        try:
+            step = self._release(self.session.feed_text(text))
+        except (*_COULD_NOT_JUDGE, InvalidInputError) as exc:
+            step = self._failed(exc)
+        if self._done is not None or self._open:
+            self.session.abort()  # flagged, or no longer judging: free the session now
+        return step
+
+    def finish(self) -> GateStep[T]:
+        """The answer has ended: judge what is left (the session's close), then release it all
+        or flag. Idempotent."""
+        if self._done is not None:
+            return self._done
+        update = None
+        if self.session is not None and not self._open:
+            try:
+                update = self.session.close()
+            except (*_COULD_NOT_JUDGE, InvalidInputError) as exc:
+                self.session.abort()
+                return self._end_failed(exc)
+        return self._end(update)
+
+    def abort(self) -> None:
+        """Stop without judging what is held (the caller gave up); frees the session."""
+        if self.session is not None:
+            self.session.abort()
+        if self._done is None:
+            self._done = GateStep(decision=Decision(False, None, Surface.OUTPUT, "aborted"))
+            self._held.clear()
+
+    # -- async ---------------------------------------------------------------------------------
+
+    async def afeed(self, chunk: T, text: str = "") -> GateStep[T]:
+        if self._done is not None:
+            return self._done
+        self._hold(chunk, text)
+        if not text or self._open:
+            return self._release(None)
+        assert self.session is not None
+        try:
+            step = self._release(await self.session.afeed_text(text))
+        except (*_COULD_NOT_JUDGE, InvalidInputError) as exc:
+            step = self._failed(exc)
+        if self._done is not None or self._open:
+            await self.session.aabort()
+        return step
+
+    async def afinish(self) -> GateStep[T]:
+        if self._done is not None:
+            return self._done
+        update = None
+        if self.session is not None and not self._open:
+            try:
+                update = await self.session.aclose()
+            except (*_COULD_NOT_JUDGE, InvalidInputError) as exc:
+                await self.session.aabort()
+                return self._end_failed(exc)
+        return self._end(update)
+
+    async def aabort(self) -> None:
+        if self.session is not None:
+            await self.session.aabort()  # then abort() finds it closed: nothing more to free
+        self.abort()
+
+    # -- the release rule (shared) ---------------------------------------------------------
+
+    def _hold(self, chunk: T, text: str) -> None:
+        if not isinstance(text, str):
+            raise InvalidInputError(f"a chunk's text must be a str, not {type(text).__name__}")
+        self._fed += len(text)
+        self._held.append((chunk, self._fed, text))
+
+    def _release(self, update: StreamUpdate | None) -> GateStep[T]:
+        if update is not None:
+            self.last_update = update
+            if update.flagged:
+                return self._flag(update)
+        limit = self._fed if self._open else self._settled()
+        return GateStep(released=self._take(limit), update=update)
+
+    def _settled(self) -> int:
+        if self.session is None:
+            return 0
+        return self.session.settled_offset
+
+    def _take(self, limit: int) -> tuple[T, ...]:
+        out: list[T] = []
+        while self._held and self._held[0][1] <= limit:
+            chunk, end, _ = self._held.popleft()
+            out.append(chunk)
+            self._released_to = end
+        return tuple(out)
+
+    def _flag(self, update: StreamUpdate) -> GateStep[T]:
+        offset = update.flag_offset if update.flag_offset is not None else self._released_to
+        offset = max(offset, self._released_to)
+        released = self._take(offset)
+        partial: tuple[T, str] | None = None
+        if self._held:
+            chunk, end, text = self._held[0]
+            start = end - len(text)
+            if start < offset:
+                partial = (chunk, text[: offset - start])
+        self._held.clear()
+        verdict = update.verdict
+        decision = (
+            self.policy.decide(verdict, Surface.OUTPUT)
+            if verdict is not None
+            else Decision(False, None, Surface.OUTPUT, _reason(update))
+        )
+        if decision.allowed:  # a verdict the session flagged under its own (remote) policy
+            decision = Decision(False, verdict, Surface.OUTPUT, f"flagged by the stream session: "
+                                f"{_reason(update)}")
+        self._done = GateStep(flagged=True, decision=decision, update=update)
+        return GateStep(released=released, flagged=True, decision=decision, partial=partial,
+                        update=update)
+
+    def _failed(self, exc: BaseException) -> GateStep[T]:
+        from ..guard import could_not_judge
+
+        if isinstance(exc, InvalidInputError):
+            decision = Decision(False, None, Surface.OUTPUT, f"cannot be judged: {exc}", error=exc)
+        else:
+            decision = could_not_judge(self.policy, exc, Surface.OUTPUT)
+        if decision.allowed:  # fail-open: release everything from here on, unjudged
+            self._open = True
+            return GateStep(released=self._take(self._fed), decision=decision)
+        released = self._take(self._settled_before_failure())
+        self._held.clear()
+        self._done = GateStep(flagged=True, decision=decision)
+        return GateStep(released=released, flagged=True, decision=decision)
+
+    def _settled_before_failure(self) -> int:
+        try:
+            return self._settled()
+        except Exception:  # noqa: BLE001 - a broken session has settled nothing more
+            return self._released_to
+
+    def _end_failed(self, exc: BaseException) -> GateStep[T]:
+        step = self._failed(exc)
+        if self._done is not None:  # fail-closed: flagged
+            return step
+        end = self._end(None)  # fail-open: the rest goes out unjudged, and the gate is done
+        return GateStep(released=step.released + end.released, decision=end.decision)
+
+    def _end(self, update: StreamUpdate | None) -> GateStep[T]:
+        if update is not None:
+            self.last_update = update
+            if update.flagged:
+                return self._flag(update)
+        released = self._take(self._fed)
+        verdict = update.verdict if update is not None else None
+        if self._open:
+            decision = Decision(True, None, Surface.OUTPUT, "guard unavailable; fail-open")
+        elif verdict is None:
+            decision = Decision(True, None, Surface.OUTPUT, "nothing to judge")
+        else:
+            decision = self.policy.decide(verdict, Surface.OUTPUT)
+        self._done = GateStep(decision=decision, update=update)
+        return GateStep(released=released, decision=decision, update=update)
+
+
+def _prompt_decision(policy: Policy, session: StreamSession) -> Decision:
+    verdict = session.prompt_verdict
+    if verdict is None:
+        return Decision(True, None, Surface.INPUT, "no prompt")
+    return policy.decide(verdict, Surface.INPUT)
+
+
+def _reason(update: StreamUpdate) -> str:
+    error = (update.metadata or {}).get("error")
+    return f"guard could not judge: {error}" if error else "flagged"
+
+
+# -- text in, text out -------------------------------------------------------------------------
+
+
+def moderate_text(
+    guard: Qwen3Guard,
+    prompt_messages: Conversation | None,
+    chunks: Iterable[str],
+    *,
+    policy: Policy | None = None,
+    **session_options: Any,
+) -> Iterator[str]:
+    """Yield the settled text of a streamed answer; raise :class:`UnsafeContentError` (with the
+    decision) at a flag, after yielding the text before the flagged span. The prompt is judged
+    first: a blocked prompt raises before any chunk is read. The source is closed on a flag."""
+    gate: StreamGate[str] = StreamGate.open(guard, prompt_messages, policy=policy,
+                                            **session_options)
+    _raise_if_prompt_blocked(gate, prompt_messages)
+    source = iter(chunks)
+    try:
+        for chunk in source:
+            step = gate.feed(chunk, chunk)
+            yield from _texts(step)
+            if step.flagged:
+                raise _violation(step, chunk)
+        step = gate.finish()
+        yield from _texts(step)
+        if step.flagged:
+            raise _violation(step, None)
+    finally:
+        if not gate.finished:
+            gate.abort()
+        close = getattr(source, "close", None)
+        if callable(close):
+            close()
+
+
+async def amoderate_text(
+    guard: Qwen3Guard,
+    prompt_messages: Conversation | None,
+    chunks: AsyncIterable[str],
+    *,
+    policy: Policy | None = None,
+    **session_options: Any,
+) -> AsyncIterator[str]:
+    """The async form of :func:`moderate_text`."""
+    gate: StreamGate[str] = await StreamGate.aopen(guard, prompt_messages, policy=policy,
+                                                   **session_options)
+    _raise_if_prompt_blocked(gate, prompt_messages)
+    source = aiter(chunks)
+    try:
+        async for chunk in source:
+            step = await gate.afeed(chunk, chunk)
+            for text in _texts(step):
+                yield text
+            if step.flagged:
+                raise _violation(step, chunk)
+        step = await gate.afinish()
+        for text in _texts(step):
+            yield text
+        if step.flagged:
+            raise _violation(step, None)
+    finally:
+        if not gate.finished:
+            await gate.aabort()
+        aclose = getattr(source, "aclose", None)
+        if callable(aclose):
+            await aclose()
+
+
+def _texts(step: GateStep[str]) -> list[str]:
+    out = list(step.released)
+    if step.partial is not None and step.partial[1]:
+        out.append(step.partial[1])
+    return out
+
+
+def _raise_if_prompt_blocked(gate: StreamGate[Any], prompt: Any) -> None:
+    if gate.prompt_decision.blocked:
+        if gate.session is not None:
+            gate.session.abort()
+        raise UnsafeContentError(stage=Surface.INPUT, content=prompt,
+                                 decision=gate.prompt_decision)
+
+
+def _violation(step: GateStep[Any], content: Any) -> UnsafeContentError:
+    decision = step.decision or Decision(False, None, Surface.OUTPUT, "flagged")
+    return UnsafeContentError(stage=Surface.OUTPUT, content=content, decision=decision)
