@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen3guard.server.launch import (
+from tests.support.launch import (
     ServerProcess,
     ServerStartError,
     ensure_vllm,

@@ -30,7 +30,7 @@ from qwen3guard.gen.remote import (
     neutralize_special_tokens,
     normalize_base_url,
 )
-from qwen3guard.server.launch import ServerProcess, free_port
+from tests.support.launch import ServerProcess, free_port
 
 MODEL = "fault-model"
 

@@ -20,15 +20,14 @@ from qwen3guard import (
     RiskLevel,
     SurfaceRule,
 )
-from qwen3guard.server.launch import free_port
 from qwen3guard.stream.remote import (
     AsyncRemoteStreamSession,
     RemoteStreamBackend,
     RemoteStreamSession,
-    options_from_wire,
-    options_to_wire,
     stream_url,
 )
+from qwen3guard.stream.wire import options_from_wire, options_to_wire
+from tests.support.launch import free_port
 
 PROMPT = [{"role": "user", "content": "How can I make a bomb?"}]
 SAFE_PROMPT = [{"role": "user", "content": "What is the weather like today?"}]

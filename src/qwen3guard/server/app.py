@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import GuardOutputError, GuardUnavailableError, InvalidInputError, Qwen3GuardError
 from ..messages import normalize_messages
-from ..stream.remote import error_to_wire, options_from_wire, update_to_wire, verdict_to_wire
+from ..stream.wire import error_to_wire, options_from_wire, update_to_wire, verdict_to_wire
 from .metrics import Metrics
 from .moderation import moderation_result
 

@@ -11,18 +11,7 @@ on the way (refused connection, timeout, a closed socket, a malformed answer) ra
 :class:`GuardUnavailableError` or :class:`GuardOutputError` and ends the session: an answer
 that did not arrive is never taken as Safe.
 
-Wire protocol (shared with the server; one JSON object per text message):
-
-    client -> {"messages": [...] | "prompt text", "options": {...}}     (first message)
-    server <- {"type": "opened", "prompt_verdict": VERDICT | null, "session": SESSION}
-    client -> {"seq": n, "text": "chunk"} | {"seq": n, "ids": [1, 2]} | {"seq": n, "close": true}
-    server <- {"type": "update" | "closed", "seq": n, "update": UPDATE, "session": SESSION}
-    server <- {"type": "error", "seq": n | null, "error": {"type": "GuardUnavailableError", ...}}
-
-SESSION = {"flagged": bool, "verdict": VERDICT | null, "text_delta": str}: the server session's
-state after the step (``text_delta`` is what the step added to its ``response_text``). A request
-is answered before the next one is read and every answer echoes its ``seq``, so answers cannot
-cross. After ``closed`` or ``error`` the server closes the socket.
+The wire protocol and its codec live in :mod:`qwen3guard.stream.wire` (shared with the server).
 """
 
 from __future__ import annotations
@@ -30,218 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import (
-    GuardOutputError,
-    GuardUnavailableError,
-    InvalidInputError,
-    ModelFormatError,
-    Qwen3GuardError,
-)
+from ..errors import GuardOutputError, GuardUnavailableError, InvalidInputError, Qwen3GuardError
 from ..messages import normalize_messages
-from ..policy import Policy, Surface, SurfaceRule
-from ..verdict import Category, RiskLevel, Role, Verdict
+from ..verdict import Verdict
 from .session import StreamSession
 from .types import StreamUpdate, TokenVerdict
-
-ERRORS: dict[str, type[Qwen3GuardError]] = {
-    "InvalidInputError": InvalidInputError,
-    "GuardUnavailableError": GuardUnavailableError,
-    "GuardOutputError": GuardOutputError,
-    "ModelFormatError": ModelFormatError,
-}
-
-
-def jsonable(value: Any, depth: int = 0) -> Any:
-    """A JSON-safe copy of metadata: unknown objects become strings, NaN becomes null."""
-    if depth > 6:
-        return None
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v, depth + 1) for v in value]
-    if hasattr(value, "value") and isinstance(value.value, str):  # enums
-        return value.value
-    return str(value)
-
-
-def verdict_to_wire(v: Verdict | None) -> dict[str, Any] | None:
-    if v is None:
-        return None
-    d = v.to_dict()
-    d["metadata"] = jsonable(dict(v.metadata))
-    return jsonable(d)
-
-
-def verdict_from_wire(d: Mapping[str, Any] | None) -> Verdict | None:
-    if d is None:
-        return None
-    try:
-        scores = d.get("scores")
-        return Verdict(
-            risk=RiskLevel(d["risk"]),
-            categories=tuple(Category(c) for c in d.get("categories") or ()),
-            role=Role(d.get("role", "prompt")),
-            refusal=d.get("refusal"),
-            raw=d.get("raw"),
-            scores=dict(scores) if scores is not None else None,
-            latency_s=float(d.get("latency_s") or 0.0),
-            windows=int(d.get("windows") or 1),
-            metadata={**dict(d.get("metadata") or {}), "remote": True},
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise GuardOutputError(f"the server sent a malformed verdict: {exc}", raw=str(d)) from exc
-
-
-def token_verdict_from_wire(d: Mapping[str, Any]) -> TokenVerdict:
-    return TokenVerdict(
-        index=int(d["index"]),
-        token_id=None if d.get("token_id") is None else int(d["token_id"]),
-        text=str(d.get("text", "")),
-        risk=RiskLevel(d["risk"]),
-        category=Category(d["category"]) if d.get("category") else None,
-        risk_prob=float(d.get("risk_prob", 0.0)),
-        unsafe_prob=float(d.get("unsafe_prob", 0.0)),
-        controversial_prob=float(d.get("controversial_prob", 0.0)),
-    )
-
-
-def update_to_wire(u: StreamUpdate) -> dict[str, Any]:
-    return {
-        "token_verdicts": [jsonable(t.to_dict()) for t in u.token_verdicts],
-        "flagged": bool(u.flagged),
-        "verdict": verdict_to_wire(u.verdict),
-        "flag_offset": u.flag_offset,
-        "flag_token_index": u.flag_token_index,
-        "tokens_seen": u.tokens_seen,
-        "metadata": jsonable(dict(u.metadata or {})),
-    }
-
-
-def update_from_wire(d: Mapping[str, Any]) -> StreamUpdate:
-    try:
-        return StreamUpdate(
-            token_verdicts=tuple(token_verdict_from_wire(t) for t in d.get("token_verdicts") or ()),
-            flagged=bool(d["flagged"]),
-            verdict=verdict_from_wire(d.get("verdict")),
-            flag_offset=d.get("flag_offset"),
-            flag_token_index=d.get("flag_token_index"),
-            tokens_seen=int(d.get("tokens_seen") or 0),
-            metadata={**dict(d.get("metadata") or {}), "remote": True},
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise GuardOutputError(
-            f"the server sent a malformed stream update: {exc}", raw=str(d)[:500]
-        ) from exc
-
-
-def error_to_wire(exc: BaseException, seq: int | None = None) -> dict[str, Any]:
-    name = type(exc).__name__
-    for wire_name, cls in ERRORS.items():
-        if isinstance(exc, cls):
-            name = wire_name
-            break
-    else:
-        name = "GuardUnavailableError"
-    return {"type": "error", "seq": seq, "error": {"type": name, "message": str(exc)}}
-
-
-def error_from_wire(d: Mapping[str, Any]) -> Qwen3GuardError:
-    err = d.get("error") or {}
-    cls = ERRORS.get(str(err.get("type")), GuardUnavailableError)
-    msg = f"stream server: {err.get('message', 'unknown error')}"
-    if cls is GuardOutputError:
-        return GuardOutputError(msg)
-    return cls(msg)
-
-
-def policy_to_wire(policy: Policy) -> dict[str, Any]:
-    def rule(r: SurfaceRule) -> dict[str, Any]:
-        return {
-            "mode": r.mode,
-            "ignore_categories": None
-            if r.ignore_categories is None
-            else sorted(c.value for c in r.ignore_categories),
-            "block_categories": None
-            if r.block_categories is None
-            else sorted(c.value for c in r.block_categories),
-            "enabled": r.enabled,
-        }
-
-    return {
-        "mode": policy.mode,
-        "ignore_categories": sorted(c.value for c in policy.ignore_categories),
-        "block_categories": sorted(c.value for c in policy.block_categories),
-        "surfaces": {s.value: rule(r) for s, r in policy.surfaces.items()},
-        "fail_open": policy.fail_open,
-    }
-
-
-def policy_from_wire(d: Any) -> Policy:
-    if isinstance(d, str):
-        return Policy(mode=d)  # type: ignore[arg-type]
-    if not isinstance(d, Mapping):
-        raise InvalidInputError("'policy' must be 'strict', 'loose' or a policy object")
-    try:
-        surfaces = {
-            Surface(k): SurfaceRule(
-                mode=v.get("mode"),
-                ignore_categories=v.get("ignore_categories"),
-                block_categories=v.get("block_categories"),
-                enabled=bool(v.get("enabled", True)),
-            )
-            for k, v in dict(d.get("surfaces") or {}).items()
-        }
-        return Policy(
-            mode=d.get("mode", "strict"),
-            ignore_categories=d.get("ignore_categories") or (),
-            block_categories=d.get("block_categories") or (),
-            surfaces=surfaces,
-            fail_open=bool(d.get("fail_open", False)),
-        )
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise InvalidInputError(f"'policy' is not a valid policy: {exc}") from exc
-
-
-def options_to_wire(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Session options as JSON: a :class:`Policy` goes as its fields."""
-    out = {}
-    for k, v in options.items():
-        out[k] = policy_to_wire(v) if isinstance(v, Policy) else v
-    return out
-
-
-#: Session options a server accepts from clients, and how it checks them.
-def options_from_wire(options: Any) -> dict[str, Any]:
-    if not isinstance(options, Mapping):
-        raise InvalidInputError("'options' must be an object")
-    out: dict[str, Any] = {}
-    for k, v in options.items():
-        if k == "policy":
-            out["policy"] = policy_from_wire(v)
-        elif k == "debounce":
-            if not isinstance(v, str):
-                raise InvalidInputError("'debounce' must be a string")
-            out["debounce"] = v
-        elif k == "fallback_every":
-            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 4096:
-                raise InvalidInputError("'fallback_every' must be an int in 1..4096")
-            out["fallback_every"] = v
-        else:
-            raise InvalidInputError(
-                f"unknown stream option {k!r} (accepted: policy, debounce, fallback_every)"
-            )
-    return out
-
+from .wire import decode_answer, options_to_wire, update_from_wire, verdict_from_wire
 
 # -- client ---------------------------------------------------------------------------------
 
@@ -389,6 +177,10 @@ class _RemoteSessionBase(StreamSession):
         return self._tokens_seen
 
     @property
+    def settled_offset(self) -> int:
+        return self._last.settled_offset if self._last is not None else 0
+
+    @property
     def last_update(self) -> StreamUpdate | None:
         return self._last
 
@@ -404,33 +196,6 @@ class _RemoteSessionBase(StreamSession):
         self._seq += 1
         return json.dumps({"seq": self._seq, kind: value})
 
-    def _decode(self, raw: Any, expect: tuple[str, ...], seq: int | None) -> dict[str, Any]:
-        if isinstance(raw, bytes):
-            raw = raw.decode("utf-8", "replace")
-        try:
-            msg = json.loads(raw)
-        except (TypeError, ValueError) as exc:
-            raise GuardOutputError(
-                "the stream server sent a message that is not JSON", raw=str(raw)[:500]
-            ) from exc
-        if not isinstance(msg, dict):
-            raise GuardOutputError(
-                "the stream server sent a message that is not an object", raw=str(raw)[:500]
-            )
-        if msg.get("type") == "error":
-            raise error_from_wire(msg)
-        if msg.get("type") not in expect:
-            raise GuardOutputError(
-                f"the stream server sent {msg.get('type')!r}, expected {' or '.join(expect)}",
-                raw=str(raw)[:500],
-            )
-        if seq is not None and msg.get("seq") != seq:
-            raise GuardOutputError(
-                f"the stream server answered request {msg.get('seq')!r} to request {seq}",
-                raw=str(raw)[:500],
-            )
-        return msg
-
     def _apply_session(self, msg: Mapping[str, Any]) -> None:
         state = msg.get("session")
         if not isinstance(state, Mapping):
@@ -442,12 +207,12 @@ class _RemoteSessionBase(StreamSession):
         self._append_text(str(state.get("text_delta") or ""))
 
     def _opened(self, raw: Any) -> None:
-        msg = self._decode(raw, ("opened",), None)
+        msg = decode_answer(raw, ("opened",), None)
         self.prompt_verdict = verdict_from_wire(msg.get("prompt_verdict"))
         self._apply_session(msg)
 
     def _answered(self, raw: Any, closing: bool) -> StreamUpdate:
-        msg = self._decode(raw, ("closed",) if closing else ("update",), self._seq)
+        msg = decode_answer(raw, ("closed",) if closing else ("update",), self._seq)
         update = update_from_wire(msg.get("update") or {})
         self._apply_session(msg)
         self._flagged = self._flagged or update.flagged
@@ -474,6 +239,7 @@ class _RemoteSessionBase(StreamSession):
             flag_offset=self._last.flag_offset if self._last else None,
             flag_token_index=self._last.flag_token_index if self._last else None,
             tokens_seen=self._tokens_seen,
+            settled_offset=self.settled_offset,
             metadata={**(metadata or {}), "remote": True},
         )
 

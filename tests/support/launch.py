@@ -185,7 +185,7 @@ def _stop_all() -> None:
 
 
 def repo_root() -> Path | None:
-    root = Path(__file__).resolve().parents[3]
+    root = Path(__file__).resolve().parents[2]
     return root if (root / "scripts" / "ensure_vllm.sh").exists() else None
 
 
