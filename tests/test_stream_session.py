@@ -336,7 +336,9 @@ def test_open_stream_delegates_to_a_backend_with_its_own_sessions(guard: Qwen3Gu
     remote = Remote()
     g = Qwen3Guard(guard.gen, stream=remote)
     assert g.open_stream("hi", debounce="eval") == "remote-session"
-    assert remote.calls == [("hi", {"debounce": "eval"})]
+    # The guard's policy travels with the options, so a served session flags what this
+    # guard's policy blocks, not what the server's default would.
+    assert remote.calls == [("hi", {"debounce": "eval", "policy": g.policy})]
 
 
 # -- async -----------------------------------------------------------------------------------

@@ -18,7 +18,13 @@ import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import GuardOutputError, GuardUnavailableError, InvalidInputError, UnsafeContentError
+from .errors import (
+    ContextLengthError,
+    GuardOutputError,
+    GuardUnavailableError,
+    InvalidInputError,
+    UnsafeContentError,
+)
 from .gen.base import GenBackend
 from .messages import Message, normalize_messages, require_text, role_of
 from .policy import Decision, Policy, Surface
@@ -383,7 +389,7 @@ class _BatchPlan:
         for item in items:
             try:
                 conv = normalize_messages(item)
-                windows = gen.split_windows(conv)
+                windows = _windows_of(gen, conv)
             except (InvalidInputError, ValueError) as exc:
                 self.slots.append(exc if isinstance(exc, InvalidInputError)
                                   else InvalidInputError(str(exc)))
@@ -411,6 +417,29 @@ class _BatchPlan:
                 if isinstance(v, Exception):
                     raise v
         return out
+
+
+def _windows_of(gen: GenBackend, conv: list[Message]) -> list[list[Message]]:
+    """The windows Gen judges ``conv`` in. Gen judges the last turn; earlier turns are context.
+    When the template of a long conversation alone overflows the context (hundreds of short
+    turns), the oldest turns are dropped until it fits: the judged turn is always whole."""
+    # Backends raise ContextLengthError (older ones a bare ValueError) when it does not fit.
+    try:
+        return gen.split_windows(conv)
+    except ValueError:
+        if len(conv) < 2:
+            raise
+    lo, hi, found = 1, len(conv) - 1, None
+    while lo <= hi:  # the fewest oldest turns to drop
+        k = (lo + hi) // 2
+        try:
+            found = gen.split_windows(conv[k:])
+            hi = k - 1
+        except ValueError:
+            lo = k + 1
+    if found is None:
+        raise ContextLengthError("not even the judged turn fits the Gen model's context")
+    return found
 
 
 def _parse(raw: str | BaseException, role: Any) -> Verdict:
