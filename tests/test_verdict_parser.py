@@ -46,11 +46,10 @@ def test_end_tokens_are_tolerated() -> None:
     [
         "",
         "hello",
-        "safety: safe\ncategories: none",  # wrong case: not the official format
+        "safety: safe\ncategories: none",  # wrong case: the official regex reads no label either
         "Safety: Fine\nCategories: None",
-        "Safety: Safe",  # no categories line
-        "Safety: Unsafe\nCategories: Violence",  # unknown category
-        "Safety: Unsafe\nCategories: violent",
+        "Safety: unsafe\nCategories: Violent",  # the risk word is case-sensitive, as there
+        "Categories: Violent",  # no Safety line
         "<think>Safety: Safe\nCategories: None",  # unterminated thinking
     ],
 )
@@ -60,11 +59,27 @@ def test_unparseable_output_is_an_error_never_safe(text: str) -> None:
     assert info.value.raw == text
 
 
-def test_response_without_refusal_line_is_an_error() -> None:
-    with pytest.raises(GuardOutputError):
-        parse_gen_output("Safety: Safe\nCategories: None", Role.RESPONSE)
-    with pytest.raises(GuardOutputError):
-        parse_gen_output("Safety: Safe\nCategories: None\nRefusal: Maybe", Role.RESPONSE)
+def test_two_verdicts_the_worst_wins_not_the_first() -> None:
+    """Issue 10, class 10: "Safety: Safe ... Safety: Unsafe" was read as Safe (first line won).
+    The official README parser (re.search, QwenLM/Qwen3Guard README.md @ 6a52eca) still reads
+    the first; a guard must not."""
+    v = parse_gen_output("Safety: Safe\nCategories: None\nSafety: Unsafe\nCategories: Violent")
+    assert v.risk is RiskLevel.UNSAFE and v.categories == (Category.VIOLENT,)
+    v = parse_gen_output("Safety: Controversial\nCategories: PII\n\nSafety: Safe\nCategories: None")
+    assert v.risk is RiskLevel.CONTROVERSIAL
+    v = parse_gen_output("Safety: Safe\nCategories: None\nRefusal: Yes\nSafety: Unsafe", "response")
+    assert v.risk is RiskLevel.UNSAFE
+
+
+def test_response_refusal_is_optional_and_conflicts_read_as_not_refusing() -> None:
+    # The official response parser returns refusal None for a missing line; so do we (the risk
+    # was read: the verdict is not a guard failure).
+    v = parse_gen_output("Safety: Safe\nCategories: None", Role.RESPONSE)
+    assert v.is_safe and v.refusal is None
+    v = parse_gen_output("Safety: Safe\nCategories: None\nRefusal: Maybe", Role.RESPONSE)
+    assert v.refusal is None
+    v = parse_gen_output("Safety: Safe\nCategories: None\nRefusal: Yes\nRefusal: No", "response")
+    assert v.refusal is False
 
 
 def test_non_text_output_is_an_error() -> None:

@@ -119,21 +119,54 @@ def worst(verdicts: Iterable[Verdict]) -> Verdict:
     )
 
 
+# -- the Gen answer parser ----------------------------------------------------------------------
+#
+# The official parsers are the README's ``extract_label_and_categories`` (prompt) and
+# ``extract_label_categories_refusal`` (response) of QwenLM/Qwen3Guard, README.md at commit
+# 6a52eca94b3d2aedb8aebd36baa353828d4166f1 (lines 77-83 and 129-139):
+#
+#     re.search(r"Safety: (Safe|Unsafe|Controversial)", content)        # the first match wins
+#     re.findall(r"(Violent|...|Copyright Violation|Jailbreak|None)", content)  # anywhere
+#     re.search(r"Refusal: (Yes|No)", content)                          # optional
+#
+# (the response pattern has no ``Jailbreak``). They read the whole text, thinking included, and
+# return ``None`` for a missing field. This parser reads every verdict they read, deliberately
+# differing in four ways, each one towards the more severe reading or towards not guessing:
+#
+# 1. Several ``Safety:`` verdicts (or several levels on one line, ``Safety: Unsafe,
+#    Controversial``): the worst wins, not the first (issue 10, class 10).
+# 2. A closed ``<think>`` block is reasoning, not the answer: verdicts inside it are ignored (the
+#    official regex would read a ``Safety: Safe`` the model considered there).
+# 3. An unterminated ``<think>`` means the answer never came (generation stopped inside the
+#    reasoning): no verdict, a GuardOutputError (fail closed), where the official regex would
+#    read whatever the reasoning last quoted.
+# 4. ``Categories: Jailbreak`` on a response is kept (the official response regex drops it).
+#
+# What it accepts like the official parser: a missing ``Categories:`` line (no categories), a
+# missing ``Refusal:`` line on a response (``refusal=None``), leading spaces or text before
+# ``Safety:``, a category in another letter case (``violent``), and unknown category names
+# (kept out of ``categories`` and listed in ``metadata["unknown_categories"]``). What it rejects
+# like the official parser: no ``Safety: Safe|Unsafe|Controversial`` (the risk word is
+# case-sensitive, as there).
+
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
-_SAFETY = re.compile(r"^Safety:[ \t]*(\S.*?)[ \t]*$", re.MULTILINE)
-_CATEGORIES = re.compile(r"^Categories:[ \t]*(.*?)[ \t]*$", re.MULTILINE)
-_REFUSAL = re.compile(r"^Refusal:[ \t]*(\S.*?)[ \t]*$", re.MULTILINE)
+_SAFETY = re.compile(r"Safety:[ \t]*([^\n]*)")
+_RISK_WORD = re.compile(r"\b(Safe|Unsafe|Controversial)\b")
+_CATEGORIES = re.compile(r"Categories:[ \t]*([^\n]*)")
+_REFUSAL = re.compile(r"Refusal:[ \t]*(Yes|No)\b")
 _RISKS = {r.value: r for r in RiskLevel}
-_CATEGORY_NAMES = {c.value: c for c in Category}
+_CATEGORY_NAMES = {c.value.lower(): c for c in Category}
 _REFUSALS = {"Yes": True, "No": False}
 
 
 def parse_gen_output(text: str, role: Role | str = Role.PROMPT) -> Verdict:
-    """Parse Qwen3Guard-Gen's answer.
+    """Parse Qwen3Guard-Gen's answer (see the comment above for how it relates to the official
+    README parser).
 
-    Case-sensitive, like the official parser, so ``Violent`` never matches inside
-    ``Non-violent Illegal Acts``. A thinking block is ignored. Anything that is not a
-    complete verdict raises :class:`GuardOutputError`: it is never read as Safe.
+    The risk is the worst level named on any ``Safety:`` line outside a closed ``<think>``
+    block. Category names are matched whole and case-insensitively after splitting on commas,
+    so ``Violent`` never matches inside ``Non-violent Illegal Acts``. Anything without a
+    readable ``Safety:`` verdict raises :class:`GuardOutputError`: it is never read as Safe.
     """
     role = Role(role)
     if not isinstance(text, str):
@@ -141,30 +174,38 @@ def parse_gen_output(text: str, role: Role | str = Role.PROMPT) -> Verdict:
     body = _THINK.sub("", text)
     if "<think>" in body:  # an unterminated thinking block: there is no answer after it
         raise GuardOutputError("guard output has an unterminated <think> block", raw=text)
-    body = body.replace("<|im_end|>", "").replace("<|endoftext|>", "")
+    body = body.replace("<|im_end|>", "\n").replace("<|endoftext|>", "\n")
 
-    m = _SAFETY.search(body)
-    if m is None or m.group(1) not in _RISKS:
-        raise GuardOutputError("guard output has no 'Safety: Safe|Unsafe|Controversial' line", raw=text)
-    risk = _RISKS[m.group(1)]
+    levels = [_RISKS[w] for line in _SAFETY.findall(body) for w in _RISK_WORD.findall(line)]
+    if not levels:
+        raise GuardOutputError(
+            "guard output has no 'Safety: Safe|Unsafe|Controversial' line", raw=text
+        )
+    risk = max(levels, key=lambda r: r.severity)
 
-    c = _CATEGORIES.search(body)
-    if c is None:
-        raise GuardOutputError("guard output has no 'Categories:' line", raw=text)
-    names = [n.strip() for n in c.group(1).split(",")]
     categories: list[Category] = []
-    if names != ["None"]:
-        for name in names:
-            if name not in _CATEGORY_NAMES:
-                raise GuardOutputError(f"guard output names an unknown category {name!r}", raw=text)
-            if _CATEGORY_NAMES[name] not in categories:
-                categories.append(_CATEGORY_NAMES[name])
+    unknown: list[str] = []
+    for line in _CATEGORIES.findall(body):
+        for name in (n.strip().strip(".;").strip() for n in line.split(",")):
+            if not name or name.lower() == "none":
+                continue
+            cat = _CATEGORY_NAMES.get(name.lower())
+            if cat is None:
+                unknown.append(name)
+            elif cat not in categories:
+                categories.append(cat)
 
     refusal: bool | None = None
     if role is Role.RESPONSE:
-        r = _REFUSAL.search(body)
-        if r is None or r.group(1) not in _REFUSALS:
-            raise GuardOutputError("response verdict has no 'Refusal: Yes|No' line", raw=text)
-        refusal = _REFUSALS[r.group(1)]
+        answers = [_REFUSALS[a] for a in _REFUSAL.findall(body)]
+        if answers:  # conflicting lines: not a refusal (the answer may still comply)
+            refusal = all(answers)
 
-    return Verdict(risk=risk, categories=tuple(categories), role=role, refusal=refusal, raw=text)
+    return Verdict(
+        risk=risk,
+        categories=tuple(categories),
+        role=role,
+        refusal=refusal,
+        raw=text,
+        metadata={"unknown_categories": tuple(unknown)} if unknown else {},
+    )

@@ -8,6 +8,8 @@ the backbone's last hidden state after its final norm):
     risk  = risk_level_head(RMSNorm(risk_level_category_pre(h)))          # 3
     cat   = category_head(...)                                             # 8
     q_risk, q_cat: the same with the ``query_`` prefix                     # 3, 9
+
+The heads' label orders live in :mod:`qwen3guard.stream.labels` (re-exported here).
 """
 
 from __future__ import annotations
@@ -24,19 +26,8 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3Model, Qwen3PreTrained
 from transformers.utils import ModelOutput
 
 from ..errors import ModelFormatError
+from .labels import QUERY_CATEGORIES, RESPONSE_CATEGORIES, RISK_LEVELS, label_maps
 
-RISK_LEVELS = ("Safe", "Unsafe", "Controversial")
-RESPONSE_CATEGORIES = (
-    "Violent",
-    "Sexual Content or Sexual Acts",
-    "Suicide & Self-Harm",
-    "Politically Sensitive Topics",
-    "PII",
-    "Copyright Violation",
-    "Non-violent Illegal Acts",
-    "Unethical Acts",
-)
-QUERY_CATEGORIES = (*RESPONSE_CATEGORIES, "Jailbreak")
 STREAM_ARCH = "Qwen3ForGuardModel"
 
 
@@ -105,29 +96,6 @@ class Qwen3ForGuardModel(Qwen3PreTrainedModel):
         )
 
 
-def _ordered(mapping: Any, fallback: tuple[str, ...]) -> tuple[str, ...]:
-    if not isinstance(mapping, dict) or not mapping:
-        return fallback
-    try:
-        return tuple(str(mapping[k]) for k in sorted(mapping, key=lambda k: int(k)))
-    except (ValueError, TypeError):
-        return fallback
-
-
-def label_maps(config: Any) -> dict[str, tuple[str, ...]]:
-    """Label strings by index, from the config's maps, else the official eval order."""
-    return {
-        "response_risk_level": _ordered(
-            getattr(config, "response_risk_level_map", None), RISK_LEVELS
-        ),
-        "response_category": _ordered(
-            getattr(config, "response_category_map", None), RESPONSE_CATEGORIES
-        ),
-        "query_risk_level": _ordered(getattr(config, "query_risk_level_map", None), RISK_LEVELS),
-        "query_category": _ordered(getattr(config, "query_category_map", None), QUERY_CATEGORIES),
-    }
-
-
 def _read_config(path: str) -> dict[str, Any]:
     local = Path(path) / "config.json"
     if local.is_file():
@@ -169,5 +137,18 @@ def load_stream_model(
         kwargs["dtype"] = dtype
     model = Qwen3ForGuardModel.from_pretrained(path, **kwargs)
     if device is not None:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]
     return model.eval()
+
+
+__all__ = [
+    "QUERY_CATEGORIES",
+    "RESPONSE_CATEGORIES",
+    "RISK_LEVELS",
+    "STREAM_ARCH",
+    "GuardModelOutput",
+    "Qwen3ForGuardModel",
+    "check_gen_checkpoint",
+    "label_maps",
+    "load_stream_model",
+]

@@ -10,13 +10,15 @@ exactly the same code.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,34 @@ def default_dir() -> Path:
     return cache / "qwen3guard" / "tiny" / source_hash()
 
 
+@contextlib.contextmanager
+def _locked(lock: IO[str]) -> Iterator[None]:
+    """An exclusive lock on an open file, across processes. ``fcntl`` is POSIX-only, so it is
+    imported here, not at module import; on Windows ``msvcrt.locking`` takes its place."""
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        import msvcrt
+
+        while True:
+            try:
+                msvcrt.locking(lock.fileno(), msvcrt.LK_LOCK, 1)
+                break
+            except OSError:  # LK_LOCK gives up after ~10 s: keep waiting for the builder
+                continue
+        try:
+            yield
+        finally:
+            lock.seek(0)
+            msvcrt.locking(lock.fileno(), msvcrt.LK_UNLCK, 1)
+        return
+    import fcntl
+
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def ensure_built(path: str | os.PathLike[str] | None = None) -> Path:
     """The built checkpoints at ``path`` (default: a per-machine cache keyed by the builder's
     source), built once if missing. Safe against concurrent callers (a lock file, and the
@@ -70,23 +100,19 @@ def ensure_built(path: str | os.PathLike[str] | None = None) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     lock_path = target.parent / f".{target.name}.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(lock_path, "w") as lock, _locked(lock):
+        if (target / "BUILD").exists():
+            return target
+        log.warning("building the built-in small checkpoints into %s (once)", target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            if (target / "BUILD").exists():
-                return target
-            log.warning("building the built-in small checkpoints into %s (once)", target)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-            try:
-                build(tmp)
-                if target.exists():
-                    shutil.rmtree(target)
-                tmp.rename(target)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    shutil.rmtree(tmp)
+            build(tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(tmp)
     return target
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data
+from .cases import GEN_CASES, GenCase, gen_response_examples, long_cases
 from .encoding import Encoder
 from .features import select_features
 from .prewire import install_grad_masks, prewire
@@ -126,7 +127,7 @@ def _items(enc: Encoder, examples: Sequence[data.GenExample], im_end: int,
     answers = enc.plain.encode_batch([e.answer for e in examples], add_special_tokens=False)
     out = []
     for i, a in zip(ids, answers):
-        if keep is not None:
+        if keep is not None and answer_marker is not None:
             cut = len(i) - 1 - i[::-1].index(answer_marker)
             i = i[:1] + [t for t in i[1:cut] if t in keep] + i[cut:]
         out.append(_Item(i + a.ids + [im_end], len(a.ids) + 1))
@@ -135,9 +136,9 @@ def _items(enc: Encoder, examples: Sequence[data.GenExample], im_end: int,
 
 def _examples(rng: random.Random, s: GenSettings) -> dict[str, list[data.GenExample]]:
     every = (data.gen_prompt_examples(rng, s.n_prompt)
-             + data.gen_response_examples(rng, s.n_response)
+             + gen_response_examples(rng, s.n_response)
              + data.gen_long_examples(rng, s.n_filler, s.filler_max_words)
-             + [data.GenExample(c.as_messages(), c.answer) for c in data.GEN_CASES]
+             + [data.GenExample(c.as_messages(), c.answer) for c in GEN_CASES]
              * s.case_repeats)
     modes: dict[str, list[data.GenExample]] = {"prompt": [], "response": []}
     for e in every:
@@ -161,8 +162,8 @@ def greedy_answers(model: Any, enc: Encoder, conversations: Sequence[Sequence[di
     return outs
 
 
-def check_cases(model: Any, enc: Encoder, tok: Any, cases: Sequence[data.GenCase]
-                ) -> list[tuple[data.GenCase, str]]:
+def check_cases(model: Any, enc: Encoder, tok: Any, cases: Sequence[GenCase]
+                ) -> list[tuple[GenCase, str]]:
     """Cases whose greedy answer is not exactly ``case.answer + <|im_end|>``."""
     im_end = tok.token_to_id(IM_END)
     got = greedy_answers(model, enc, [c.as_messages() for c in cases],
@@ -247,7 +248,7 @@ def train_gen(tok: Any, seed: int, s: GenSettings | None = None, strict: bool = 
         loss = trainer.epoch(batches)
     log.info("gen: %d steps, loss %.4f, %.1fs", trainer.step, loss, time.time() - t0)
 
-    cases = list(data.GEN_CASES) + data.long_cases()
+    cases = list(GEN_CASES) + long_cases()
     for r in range(s.extra_rounds + 1):
         model.eval()
         failed = check_cases(model, enc, tok, cases)
@@ -269,6 +270,7 @@ def train_gen(tok: Any, seed: int, s: GenSettings | None = None, strict: bool = 
 
 
 def save_gen(model: Any, tok: Any, out_dir: Path) -> None:
+    from .portable import make_portable
     from .tokenizer import save_tokenizer
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -279,6 +281,7 @@ def save_gen(model: Any, tok: Any, out_dir: Path) -> None:
     model.generation_config.bos_token_id = None
     model.generation_config.do_sample = False
     model.save_pretrained(str(out_dir), safe_serialization=True)
+    make_portable(out_dir)  # rope_theta beside rope_parameters: transformers 4.x reads it too
     save_tokenizer(tok, out_dir, GEN_CHAT_TEMPLATE)
     gen_cfg = {"eos_token_id": im_end, "pad_token_id": pad_id, "do_sample": False,
                "max_new_tokens": 64}

@@ -26,6 +26,7 @@ from typing import Any
 from . import data
 from .encoding import Encoder
 from .features import FEATURE_NAMES, select_features
+from .portable import portable_config
 from .prewire import N_HEADS, Features, install_grad_masks, prewire
 from .tokenizer import IM_END, IM_START, MODEL_MAX_LENGTH, PAD, STREAM_CHAT_TEMPLATE
 
@@ -321,7 +322,8 @@ def build_stream(tok: Any, out_dir: Path, seed: int = 0, n_examples: int = 600,
     saved = json.loads(cfg_path.read_text())
     saved.pop("_attn_implementation", None)
     saved["model_type"] = "qwen3"
-    cfg_path.write_text(json.dumps(saved, indent=2, ensure_ascii=False) + "\n")
+    # rope_theta beside rope_parameters, so transformers 4.x reads the same RoPE (portable.py)
+    cfg_path.write_text(json.dumps(portable_config(saved), indent=2, ensure_ascii=False) + "\n")
     save_tokenizer(tok, out_dir, STREAM_CHAT_TEMPLATE)
     log.info("tiny stream built in %.1fs", time.perf_counter() - t0)
     return out_dir

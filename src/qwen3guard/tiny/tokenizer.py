@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data
+from .portable import MODEL_INPUT_NAMES
 
 PAD = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -85,7 +86,9 @@ def build_tokenizer(seed: int = 0) -> Any:
         pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
     ])
-    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel(  # type: ignore[call-arg]  # the stub lists no kwargs
+        add_prefix_space=False, trim_offsets=False, use_regex=False
+    )
     trainer = trainers.BpeTrainer(
         vocab_size=BPE_VOCAB_SIZE, min_frequency=2, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[],
@@ -120,6 +123,8 @@ def save_tokenizer(tok: Any, out_dir: Path, chat_template: str) -> None:
         "add_prefix_space": False,
         "errors": "replace",
         "chat_template": chat_template,
+        # no token_type_ids under transformers 4.x either (see portable.py)
+        "model_input_names": list(MODEL_INPUT_NAMES),
     }
     (out_dir / "tokenizer_config.json").write_text(
         json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
