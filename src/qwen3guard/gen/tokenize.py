@@ -1,30 +1,17 @@
 """Turning a conversation into Gen's input ids, with message content kept as data.
 
-The checkpoint's own chat template renders the conversation. Message contents are swapped for
-markers while rendering, so the template's special tokens are known by position; the content
-is then encoded with special-token parsing off. Text such as ``<|im_end|>`` or
-``<|im_start|>system`` inside a message therefore becomes ordinary characters and cannot
-close the turn or open a new one.
+The checkpoint's own chat template renders the conversation, with the contents kept as data by
+:func:`qwen3guard.encoding.template_pieces` (the one place that rule lives).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
+from ..encoding import TextRun, marked, special_pattern, template_pieces
 from ..errors import InvalidInputError
 from ..messages import Message
-
-_MARK = "\ue000{}\ue001"
-_MARK_RE = re.compile("(\ue000\\d+\ue001)")
-
-
-def _special_pattern(tokenizer: Any) -> re.Pattern[str]:
-    specials = sorted(
-        {t.content for t in tokenizer.added_tokens_decoder.values()}, key=len, reverse=True
-    )
-    return re.compile("(" + "|".join(re.escape(s) for s in specials) + ")")
 
 
 class ConversationEncoder:
@@ -32,10 +19,10 @@ class ConversationEncoder:
         if not getattr(tokenizer, "chat_template", None):
             raise InvalidInputError("the Gen tokenizer has no chat template")
         self.tokenizer = tokenizer
-        self._specials = _special_pattern(tokenizer)
-        self._special_ids = {
+        self.special_ids: dict[str, int] = {
             t.content: i for i, t in tokenizer.added_tokens_decoder.items()
         }
+        self.specials = special_pattern(self.special_ids)
 
     def encode_text(self, text: str) -> list[int]:
         """Ids of plain text: special-token spellings are encoded as characters."""
@@ -51,27 +38,25 @@ class ConversationEncoder:
         )
         return [end for _, end in enc["offset_mapping"]]
 
-    def encode(self, messages: Sequence[Message]) -> list[int]:
-        marked = [{"role": m["role"], "content": _MARK.format(i)} for i, m in enumerate(messages)]
-        rendered = self.tokenizer.apply_chat_template(marked, tokenize=False)
+    def pieces(self, messages: Sequence[Message], *, extra: str | None = None
+               ) -> list[TextRun | int]:
+        """The template's special ids and plain-text runs for ``messages`` (contents as data).
+        With ``extra``, an assistant turn with that content is rendered after them."""
+        contents = [m["content"] for m in messages]
+        conv = marked(messages)
+        if extra is not None:
+            conv.append(marked([{"role": "assistant", "content": extra}], len(messages))[0])
+            contents.append(extra)
+        rendered = self.tokenizer.apply_chat_template(conv, tokenize=False)
         if not isinstance(rendered, str):  # some versions return a list for a single chat
             rendered = rendered[0]
+        return template_pieces(rendered, contents, self.special_ids, self.specials)
+
+    def encode(self, messages: Sequence[Message]) -> list[int]:
         ids: list[int] = []
-        run: list[str] = []  # plain text waiting to be encoded in one piece, so BPE merges
-        for piece in _MARK_RE.split(rendered):
-            if not piece:
-                continue
-            if _MARK_RE.fullmatch(piece):
-                run.append(messages[int(piece[1:-1])]["content"])
-                continue
-            for part in self._specials.split(piece):
-                if not part:
-                    continue
-                if part in self._special_ids:
-                    ids.extend(self.encode_text("".join(run)))
-                    run = []
-                    ids.append(self._special_ids[part])
-                else:
-                    run.append(part)
-        ids.extend(self.encode_text("".join(run)))
+        for piece in self.pieces(messages):
+            if isinstance(piece, int):
+                ids.append(piece)
+            else:
+                ids.extend(self.encode_text(piece.text))
         return ids

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ContextLengthError, GuardUnavailableError, InvalidInputError, ModelFormatError
-from ..gen.tokenize import _MARK, _MARK_RE, ConversationEncoder
+from ..gen.tokenize import ConversationEncoder
 from ..messages import Message, normalize_messages
 from ..policy import Policy
 from ..verdict import Category, RiskLevel, Role, Verdict, worst
@@ -395,43 +395,24 @@ class LocalStreamBackend:
     def _encode_prompt(self, messages: Sequence[Message]) -> PromptPlan:
         """Like ConversationEncoder.encode over ``[*messages, assistant]``, stopping where the
         assistant's content begins. The plain text just before it is returned as ``tail``."""
-        enc = self.encoder
         n = len(messages)
-        marked = [{"role": m["role"], "content": _MARK.format(i)} for i, m in enumerate(messages)]
-        marked.append({"role": "assistant", "content": _MARK.format(n)})
-        rendered = self.tokenizer.apply_chat_template(marked, tokenize=False)
-        if not isinstance(rendered, str):
-            rendered = rendered[0]
-        answer_mark = _MARK.format(n)
-        if rendered.count(answer_mark) != 1:
-            raise ModelFormatError("the Stream chat template does not render the answer verbatim")
-        before = rendered.split(answer_mark)[0]
         last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
         ids: list[int] = []
-        run: list[str] = []
-        user_end = None  # len(ids) right after the last user content was encoded
-        pending_user = False
-        for piece in _MARK_RE.split(before):
-            if not piece:
+        user_end = None  # len(ids) right after the run holding the last user content
+        tail: str | None = None
+        for piece in self.encoder.pieces(messages, extra=""):
+            if isinstance(piece, int):
+                ids.append(piece)
                 continue
-            if _MARK_RE.fullmatch(piece):
-                i = int(piece[1:-1])
-                run.append(messages[i]["content"])
-                pending_user = i == last_user
-                continue
-            for part in enc._specials.split(piece):
-                if not part:
-                    continue
-                if part in enc._special_ids:
-                    ids.extend(encode_plain(self.tokenizer, "".join(run)))
-                    run = []
-                    if pending_user and user_end is None:
-                        user_end = len(ids)
-                    pending_user = False
-                    ids.append(enc._special_ids[part])
-                else:
-                    run.append(part)
-        tail = "".join(run)
+            answer = [start for i, start, _ in piece.spans if i == n]
+            if answer:  # the answer begins here: what precedes it is encoded with the answer
+                tail = piece.text[: answer[0]]
+                break
+            ids.extend(encode_plain(self.tokenizer, piece.text))
+            if last_user is not None and last_user in piece.contents and user_end is None:
+                user_end = len(ids)
+        if tail is None:
+            raise ModelFormatError("the Stream chat template does not render the answer verbatim")
         if not ids:
             raise ModelFormatError("the Stream chat template renders no special tokens")
         query_index = len(ids) - 1
