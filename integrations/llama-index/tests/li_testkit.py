@@ -11,10 +11,13 @@ from typing import Any
 
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.base.llms.types import (
+    ChatMessage,
     CompletionResponse,
     CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
+    MessageRole,
+    ToolCallBlock,
 )
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.embeddings import MockEmbedding
@@ -47,11 +50,13 @@ def split_tokens(text: str) -> list[str]:
 class ScriptedLLM(CustomLLM):
     """A completion LLM that answers with a fixed text, streamed one word at a time.
 
-    It records every prompt it receives, how many chunks it yielded, and whether its stream
+    ``chunks`` (when set) are streamed exactly as given, empty ones included; the complete
+    answer is then their concatenation. It records every prompt it receives, how many chunks it yielded, and whether its stream
     generator was closed before the end (set in the generator's ``finally``).
     """
 
     answer: str = SAFE_ANSWER
+    chunks: list[str] | None = None  # the streamed chunks, as given (default: the answer's words)
     chunk_delay_s: float = 0.0
     prompts: list[str] = Field(default_factory=list)
     state: dict[str, Any] = Field(default_factory=dict)
@@ -64,6 +69,9 @@ class ScriptedLLM(CustomLLM):
     def metadata(self) -> LLMMetadata:
         return LLMMetadata(model_name="scripted", num_output=256, context_window=8192)
 
+    def _chunks(self) -> list[str]:
+        return list(self.chunks) if self.chunks is not None else split_tokens(self.answer)
+
     def reset(self) -> None:
         self.prompts.clear()
         self.state.clear()
@@ -71,7 +79,7 @@ class ScriptedLLM(CustomLLM):
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         self.prompts.append(prompt)
-        return CompletionResponse(text=self.answer)
+        return CompletionResponse(text="".join(self._chunks()))
 
     @llm_completion_callback()
     def stream_complete(
@@ -80,7 +88,7 @@ class ScriptedLLM(CustomLLM):
         self.prompts.append(prompt)
         state = self.state
         state.update(yielded=0, finished=False, closed=False)
-        tokens = split_tokens(self.answer)
+        tokens = self._chunks()
 
         def gen() -> CompletionResponseGen:
             text = ""
@@ -102,7 +110,7 @@ class ScriptedLLM(CustomLLM):
         self.prompts.append(prompt)
         state = self.state
         state.update(yielded=0, finished=False, closed=False)
-        tokens = split_tokens(self.answer)
+        tokens = self._chunks()
         delay = self.chunk_delay_s
 
         async def gen() -> CompletionResponseAsyncGen:
@@ -146,3 +154,48 @@ def build_index(texts: Sequence[str] = (*CLEAN_DOCS, POISON)) -> VectorStoreInde
 
 def counting_retriever(index: VectorStoreIndex) -> CountingRetriever:
     return CountingRetriever(index.as_retriever(similarity_top_k=len(index.docstore.docs)))
+
+
+class Script:
+    """A ``MockFunctionCallingLLM`` response generator: call ``tool`` with ``kwargs`` first, then
+    answer ``final`` (streamed word by word, or as ``chunks``, when ``delay_s`` is set). It records
+    every message list it is given."""
+
+    def __init__(
+        self,
+        tool: str = "",
+        kwargs: dict | None = None,
+        final: str = "Done.",
+        delay_s: float = 0.0,
+        chunks: list[str] | None = None,
+    ) -> None:
+        self.tool, self.kwargs, self.final, self.delay_s = tool, kwargs or {}, final, delay_s
+        self.chunks = chunks  # the streamed final answer, as given (default: its words)
+        if chunks is not None:
+            self.final = "".join(chunks)
+        self.calls: list[list[ChatMessage]] = []
+        self.state: dict[str, Any] = {"yielded": 0, "finished": False}
+
+    def __call__(self, messages, **kwargs):
+        self.calls.append(list(messages))
+        if self.tool and not any(m.role == MessageRole.TOOL for m in messages):
+            block = ToolCallBlock(
+                tool_call_id="call-1", tool_name=self.tool, tool_kwargs=self.kwargs
+            )
+            return ChatMessage(role=MessageRole.ASSISTANT, blocks=[block])
+        if not self.delay_s:
+            return ChatMessage(role=MessageRole.ASSISTANT, content=self.final)
+        return self._stream()
+
+    async def _stream(self):
+        try:
+            for tok in self.chunks if self.chunks is not None else split_tokens(self.final):
+                await asyncio.sleep(self.delay_s)
+                self.state["yielded"] += 1
+                yield ChatMessage(role=MessageRole.ASSISTANT, content=tok)
+            self.state["finished"] = True
+        finally:
+            self.state["stopped"] = True
+
+    def tool_messages(self) -> list[str]:
+        return [m.content or "" for call in self.calls for m in call if m.role == MessageRole.TOOL]

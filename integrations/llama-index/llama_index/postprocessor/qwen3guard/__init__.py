@@ -3,27 +3,31 @@
 - :class:`Qwen3GuardNodePostprocessor`: judge retrieved nodes before the LLM reads them
   (indirect prompt injection, jailbreaks and unsafe content in retrieved context).
 - :class:`Qwen3GuardQueryEngine`: judge the query before retrieval and the answer after
-  synthesis; streamed answers are moderated token by token and cut off when flagged.
+  synthesis; streamed answers go through the core :class:`qwen3guard.StreamGate` and are cut
+  off before the flagged span.
 - :func:`guard_tool`: screen a tool's arguments and output (``call`` and ``acall``).
-- :func:`moderate_agent_stream`: moderate a ``FunctionAgent`` / ``AgentWorkflow`` run's
-  streamed text and cancel the run when it turns unsafe.
+- :func:`moderate_agent_stream`: moderate what a ``FunctionAgent`` / ``AgentWorkflow`` run
+  shows (streamed text, tool calls, tool results) and cancel the run when it turns unsafe.
 
 Every class takes an optional ``guard`` (a :class:`qwen3guard.Qwen3Guard`); without one the
 process-wide default (:func:`qwen3guard.get_default_guard`, configured from the environment) is
-built on first use.
+built on first use. ``policy`` overrides the guard's policy. Decisions are written under
+:data:`qwen3guard.METADATA_KEY` in the shape of :meth:`qwen3guard.Decision.to_dict`.
 """
 
-from qwen3guard import Qwen3GuardViolation
+from qwen3guard import DEFAULT_REFUSAL_MESSAGE, METADATA_KEY, Qwen3GuardViolation
 
-from ._common import DEFAULT_VIOLATION_MESSAGE, METADATA_KEY
+from ._common import DEFAULT_VIOLATION_MESSAGE, NO_PROMPT
 from .agent import moderate_agent_stream
 from .base import Qwen3GuardNodePostprocessor
 from .query_engine import Qwen3GuardQueryEngine
 from .tools import GuardedFunctionTool, GuardedTool, guard_tool
 
 __all__ = [
+    "DEFAULT_REFUSAL_MESSAGE",
     "DEFAULT_VIOLATION_MESSAGE",
     "METADATA_KEY",
+    "NO_PROMPT",
     "GuardedFunctionTool",
     "GuardedTool",
     "Qwen3GuardNodePostprocessor",

@@ -1,40 +1,79 @@
-"""moderate_agent_stream: moderate a FunctionAgent / AgentWorkflow run's streamed answer."""
+"""moderate_agent_stream: moderate what a FunctionAgent / AgentWorkflow run shows its reader."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from llama_index.core.agent.workflow.workflow_events import AgentInput, AgentStream
+from llama_index.core.agent.workflow.workflow_events import (
+    AgentInput,
+    AgentOutput,
+    AgentStream,
+    ToolCall,
+    ToolCallResult,
+)
+from llama_index.core.workflow import StopEvent
 
-from qwen3guard import GuardOutputError, GuardUnavailableError, Qwen3Guard, Qwen3GuardViolation
+from qwen3guard import (
+    Decision,
+    Policy,
+    Qwen3Guard,
+    Qwen3GuardViolation,
+    StreamGate,
+    Surface,
+    UnsafeContentError,
+)
 
-from ._common import chat_messages_to_dicts, log, resolve_guard
-from ._stream import StreamGate, discard_session
+from ._common import (
+    Messages,
+    chat_messages_to_dicts,
+    check_hold_back,
+    log,
+    resolve_guard,
+    response_turns,
+)
+from ._stream import Moderation
+from .tools import arguments_messages, output_messages, render_arguments
+
+Item = tuple[Messages, Surface]
 
 
 async def moderate_agent_stream(
     handler: Any,
     guard: Qwen3Guard | None = None,
     *,
-    hold_back_events: int = 3,
+    policy: Policy | None = None,
+    check_tools: bool = True,
+    hold_back_tokens: int = 0,
+    hold_back_events: int | None = None,
     cancel_timeout: float = 5.0,
 ) -> AsyncIterator[Any]:
-    """Stream a workflow run's events, moderating the LLM's streamed text token by token.
+    """Stream a workflow run's events, judging everything the LLM emits before the reader sees it.
 
-    ``handler`` is what ``FunctionAgent.run(...)`` / ``AgentWorkflow.run(...)`` returns. Each
-    LLM call's ``AgentStream`` deltas are fed to a Stream session opened on the messages of the
-    ``AgentInput`` event that started it (so tool results are part of the context). Events are
-    passed through unchanged, ``AgentStream`` events ``hold_back_events`` late; when the session
-    flags the answer, the held events after the flagged span's start are dropped (the one that
-    straddles it is cut), ``await handler.cancel_run()`` stops the run, and
-    :class:`~qwen3guard.Qwen3GuardViolation` (stage ``output``) is raised. After a violation do
-    not use the handler's result.
+    ``handler`` is what ``FunctionAgent.run(...)`` / ``AgentWorkflow.run(...)`` returns.
 
-    The workflow runs ahead of its event consumer, so cancellation stops whatever the run is
-    doing when the flag arrives; to keep unsafe tool input or output away from the LLM, guard
-    the tools themselves with :func:`guard_tool`.
+    - Each LLM call's ``AgentStream`` events go through the core :class:`qwen3guard.StreamGate`
+      (a Stream session opened on the messages of the ``AgentInput`` that started the call, so
+      tool results are part of the context): an event is passed on once its text (thinking and
+      answer deltas) is settled, so the flagged span is never shown; the event that straddles
+      the flag is cut.
+    - Tool calls the LLM makes (``AgentStream.tool_calls``, ``AgentOutput.tool_calls``,
+      ``ToolCall``) are judged on the ``tool_call`` surface before an event carrying them is
+      passed on; tool results (``ToolCallResult``) on the ``tool_result`` surface.
+    - An ``AgentOutput`` whose text was not streamed (an agent with ``streaming=False``) is
+      judged whole on the ``output`` surface.
+
+    When something is blocked, ``await handler.cancel_run()`` stops the run and
+    :class:`~qwen3guard.Qwen3GuardViolation` is raised (its ``decision`` says why); do not use
+    the handler's result after it. ``check_tools=False`` leaves tool calls and results to
+    :func:`guard_tool`. ``hold_back_tokens`` must be 0 (the gate holds back exactly
+    the text that is not settled); ``hold_back_events``, its former name, is accepted with a
+    ``DeprecationWarning`` and ignored.
+
+    The workflow runs ahead of its event consumer, so a tool may already have run when its
+    call is judged here: to keep unsafe tool input or output away from the tool and the LLM,
+    guard the tools themselves with :func:`guard_tool`.
 
         handler = agent.run("...")
         async for ev in moderate_agent_stream(handler, guard=guard):
@@ -42,106 +81,227 @@ async def moderate_agent_stream(
                 print(ev.delta, end="")
         response = await handler
     """
-    guard = resolve_guard(guard)
-    prompt: list[dict[str, str]] | None = None
-    turn: _Turn | None = None
-    blocked: _Turn | None = None
+    check_hold_back(hold_back_tokens, "hold_back_events", hold_back_events)
+    run = _AgentRun(resolve_guard(guard), policy, check_tools)
     stream = handler.stream_events()
     try:
         async for ev in stream:
-            if isinstance(ev, AgentStream):
-                if turn is None:
-                    turn = _Turn(guard, hold_back_events)
-                    for e in await turn.open(prompt):
-                        yield e
-                for e in await turn.feed(ev):
-                    yield e
-                if turn.gate.blocked:
-                    blocked = turn
-                    break
-                continue
-            if turn is not None:  # any other event ends the LLM call being streamed
-                for e in await turn.finish():
-                    yield e
-                if turn.gate.blocked:
-                    blocked = turn
-                    break
-                turn = None
-            if isinstance(ev, AgentInput):
-                prompt = _prompt_of(ev.input)
-            yield ev
+            for out in await run.event(ev):
+                yield out
+            if run.error is not None:
+                break
         else:
-            if turn is not None:
-                for e in await turn.finish():
-                    yield e
-                if turn.gate.blocked:
-                    blocked = turn
+            for out in await run.end_turn():
+                yield out
     finally:
-        if turn is not None:
-            await turn.close()
+        await run.close()
         await _aclose(stream)
-    if blocked is not None:
+    if run.error is not None:
         await handler.cancel_run(timeout=cancel_timeout)
-        log.info("qwen3guard cancelled an agent run: %s", blocked.gate.info())
-        raise blocked.gate.error(blocked.gate.answer)
+        log.info("qwen3guard cancelled an agent run: %s", run.error.decision.to_dict())
+        raise run.error
 
 
 class _Turn:
-    """One LLM call's streamed answer."""
+    """One LLM call's streamed answer: the gate for its text, then a hold for the events that
+    carry tool calls (released once the calls are judged, when the call ends)."""
 
-    def __init__(self, guard: Qwen3Guard, hold_back: int) -> None:
-        self.guard = guard
-        self.session: Any = None
-        self.gate: StreamGate[AgentStream] = StreamGate(
-            guard, hold_back=hold_back, text_of=lambda ev: ev.delta or "", truncate=self._cut
+    def __init__(self, gate: StreamGate[AgentStream] | None) -> None:
+        self.mod: Moderation[AgentStream] = Moderation(_event_text, self._cut)
+        self.mod.opened(gate)
+        self.gate = gate
+        self.response = ""  # ``response`` of the last event released
+        self.calls_held: list[AgentStream] = []  # released by the gate, waiting on tool calls
+
+    def _cut(self, ev: AgentStream, text: str) -> AgentStream | None:
+        thinking = ev.thinking_delta or ""
+        shown_thinking = text[: len(thinking)]
+        delta = text[len(thinking) :]
+        return ev.model_copy(
+            update={
+                "delta": delta,
+                "thinking_delta": shown_thinking or None,
+                "response": self.response + delta,
+                "tool_calls": [],
+            }
         )
 
-    def _cut(self, ev: AgentStream, n: int) -> AgentStream | None:
-        if n <= 0:
-            return None
-        shown = self.gate.answer[: self.gate.flag_offset]
-        return ev.model_copy(update={"delta": (ev.delta or "")[:n], "response": shown})
+    def released(self, events: Sequence[AgentStream]) -> list[AgentStream]:
+        out: list[AgentStream] = []
+        for ev in events:
+            if self.calls_held or ev.tool_calls:
+                self.calls_held.append(ev)
+            else:
+                out.append(ev)
+                self.response = ev.response or self.response
+        return out
 
-    async def open(self, prompt: list[dict[str, str]] | None) -> list[AgentStream]:
-        if not self.gate.checking:
-            return []
-        try:
-            self.session = await self.guard.aopen_stream(prompt or _NO_PROMPT)
-        except (GuardUnavailableError, GuardOutputError) as exc:
-            return self.gate.failed(exc)
+    def tool_calls(self) -> list[Any]:
+        for ev in reversed(self.calls_held):  # the last event has the most complete calls
+            if ev.tool_calls:
+                return list(ev.tool_calls)
         return []
 
-    async def feed(self, ev: AgentStream) -> list[AgentStream]:
-        if self.gate.blocked:
-            return []
-        if self.session is None or not self.gate.moderating() or not ev.delta:
-            return self.gate.passed_item(ev)
-        try:
-            update = await self.session.afeed_text(ev.delta)
-        except (GuardUnavailableError, GuardOutputError) as exc:
-            return self.gate.failed_item(ev, exc)
-        return self.gate.fed_item(ev, update)
 
-    async def finish(self) -> list[AgentStream]:
-        if self.gate.blocked:
+class _AgentRun:
+    """The moderation state of one run. ``event`` and ``end_turn`` say what the reader gets;
+    ``error`` is set once something is blocked."""
+
+    def __init__(self, guard: Qwen3Guard, policy: Policy | None, check_tools: bool) -> None:
+        self.guard = guard
+        self.policy = policy if policy is not None else guard.policy
+        self.check_tools = check_tools
+        self.prompt: Messages | None = None
+        self.turn: _Turn | None = None
+        self.streamed = False  # the current LLM call streamed its text through a gate
+        self.judged_calls: set[str] = set()  # tool ids whose arguments were judged
+        self.passed_outputs: list[str] = []  # texts of the AgentOutput events passed on
+        self.error: UnsafeContentError | None = None
+
+    async def event(self, ev: Any) -> list[Any]:
+        if isinstance(ev, AgentStream):
+            return await self._stream(ev)
+        out = await self.end_turn()  # any other event ends the LLM call being streamed
+        if self.error is not None:
+            return out
+        if isinstance(ev, AgentInput):
+            self.prompt = _prompt_of(ev.input)
+            self.streamed = False
+        elif (decision := await self._judge(ev)) is not None and decision.blocked:
+            self.error = UnsafeContentError(
+                stage=decision.surface, content=_content_of(ev), decision=decision
+            )
+            return out
+        if isinstance(ev, AgentOutput):
+            self.streamed = False
+            if ev.response is not None and ev.response.content:
+                self.passed_outputs.append(ev.response.content)
+        out.append(ev)
+        return out
+
+    async def _stream(self, ev: AgentStream) -> list[Any]:
+        if self.turn is None:
+            gate: StreamGate[AgentStream] | None = None
+            if self.policy.is_enabled(Surface.OUTPUT):
+                gate = await StreamGate.aopen(self.guard, self.prompt, policy=self.policy)
+            self.turn = _Turn(gate)
+            self.streamed = True
+            if self.turn.mod.blocked:
+                self.error = self.turn.mod.error()
+                return []
+        turn = self.turn
+        text = turn.mod.text(ev)
+        if turn.gate is None:
+            return turn.released([ev])
+        out = turn.released(turn.mod.step(await turn.gate.afeed(ev, text)))
+        if turn.mod.blocked:
+            self.error = turn.mod.error()
+        return out
+
+    async def end_turn(self) -> list[Any]:
+        turn, self.turn = self.turn, None
+        if turn is None:
             return []
-        final = None
-        if self.session is not None and self.gate.moderating():
-            try:
-                final = await self.session.aclose()
-            except (GuardUnavailableError, GuardOutputError) as exc:
-                return self.gate.failed(exc)
-        return self.gate.ended(final)
+        out: list[Any] = []
+        if turn.gate is not None and not turn.gate.finished:
+            out = turn.released(turn.mod.step(await turn.gate.afinish()))
+            if turn.mod.blocked:
+                self.error = turn.mod.error()
+                return out
+        calls = turn.tool_calls()
+        decision = await self._judge_calls(calls)
+        if decision is not None and decision.blocked:
+            self.error = UnsafeContentError(
+                stage=Surface.TOOL_CALL, content=_calls_text(calls), decision=decision
+            )
+            return out
+        return out + turn.calls_held
 
     async def close(self) -> None:
-        if self.session is not None:
-            await discard_session(self.session)
+        if self.turn is not None and self.turn.gate is not None and not self.turn.gate.finished:
+            with contextlib.suppress(Exception):  # freeing is best effort
+                await self.turn.gate.aabort()
+
+    # -- events other than the LLM's stream ---------------------------------------------------
+
+    async def _judge(self, ev: Any) -> Decision | None:
+        """The first blocked decision for what ``ev`` shows, else an allow, or None."""
+        items: list[Item] = []
+        if isinstance(ev, AgentOutput):
+            text = ev.response.content if ev.response is not None else None
+            if not self.streamed and text and text.strip():
+                items.append((response_turns(self.prompt, text), Surface.OUTPUT))
+            if self.check_tools:
+                items += self._call_items(ev.tool_calls)
+        elif isinstance(ev, StopEvent) and isinstance(getattr(ev, "result", None), AgentOutput):
+            # A final answer not streamed as an AgentOutput event (a return_direct tool's).
+            text = ev.result.response.content if ev.result.response is not None else None
+            if text and text.strip() and text not in self.passed_outputs:
+                items.append((response_turns(self.prompt, text), Surface.OUTPUT))
+        elif self.check_tools and isinstance(ev, ToolCall):
+            items += self._call_items([ev])
+        elif self.check_tools and isinstance(ev, ToolCallResult):
+            judged = output_messages(ev.tool_output)
+            if isinstance(judged, Decision):
+                return judged
+            if judged is not None:
+                items.append((judged, Surface.TOOL_RESULT))
+        return await self._first_block(items)
+
+    async def _judge_calls(self, calls: Sequence[Any]) -> Decision | None:
+        if not self.check_tools:
+            return None
+        return await self._first_block(self._call_items(calls))
+
+    def _call_items(self, calls: Sequence[Any]) -> list[Item]:
+        items: list[Item] = []
+        for call in calls:
+            tool_id = getattr(call, "tool_id", None)
+            if tool_id and tool_id in self.judged_calls:
+                continue
+            if tool_id:
+                self.judged_calls.add(tool_id)
+            msgs = arguments_messages(_call_arguments(call))
+            if msgs is not None:
+                items.append((msgs, Surface.TOOL_CALL))
+        return items
+
+    async def _first_block(self, items: list[Item]) -> Decision | None:
+        if not items:
+            return None
+        decisions = await self.guard.ascreen_batch(items, policy=self.policy)
+        return next((d for d in decisions if d.blocked), decisions[0])
 
 
-_NO_PROMPT = [{"role": "user", "content": "(no user message)"}]
+def _event_text(ev: AgentStream) -> str:
+    """What an event adds to the answer the reader sees: its thinking, then its text."""
+    return (ev.thinking_delta or "") + (ev.delta or "")
 
 
-def _prompt_of(messages: Any) -> list[dict[str, str]] | None:
+def _call_arguments(call: Any) -> str:
+    kwargs = getattr(call, "tool_kwargs", None)
+    if isinstance(kwargs, str):
+        return kwargs
+    return render_arguments((), dict(kwargs or {}))
+
+
+def _calls_text(calls: Sequence[Any]) -> str:
+    return "\n".join(_call_arguments(c) for c in calls)
+
+
+def _content_of(ev: Any) -> Any:
+    if isinstance(ev, ToolCallResult):
+        return ev.tool_output.content
+    if isinstance(ev, ToolCall):
+        return _call_arguments(ev)
+    if isinstance(ev, StopEvent):
+        ev = getattr(ev, "result", None)
+    if isinstance(ev, AgentOutput):
+        return ev.response.content if ev.response is not None else None
+    return None
+
+
+def _prompt_of(messages: Any) -> Messages | None:
     """The agent's LLM input as the Stream session's prompt: up to the last user / tool turn."""
     msgs = chat_messages_to_dicts(messages)
     while msgs and msgs[-1]["role"] not in ("user", "tool"):

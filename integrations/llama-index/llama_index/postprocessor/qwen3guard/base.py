@@ -10,24 +10,23 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from qwen3guard import Decision, GuardOutputError, GuardUnavailableError, Qwen3Guard, Verdict
-
-from ._common import (
+from qwen3guard import (
     METADATA_KEY,
-    decide_result,
-    decision_info,
-    log,
-    resolve_guard,
-    surface_enabled,
-    user_turn,
-    violation,
+    Decision,
+    GuardOutputError,
+    GuardUnavailableError,
+    Policy,
+    Qwen3Guard,
+    Surface,
 )
+from qwen3guard.guard import could_not_judge, raise_if_blocked
+
+from ._common import Messages, log, resolve_guard, user_turn
 
 Action = Literal["drop", "raise", "annotate"]
 
-_RETRIEVAL = "retrieval"
-_INPUT = "input"
 _GUARD_FAILURES = (GuardUnavailableError, GuardOutputError)
+Item = tuple[Messages, Surface]
 
 
 class Qwen3GuardNodePostprocessor(BaseNodePostprocessor):
@@ -48,6 +47,10 @@ class Qwen3GuardNodePostprocessor(BaseNodePostprocessor):
     judged in batches of ``batch_size``; the async path runs up to ``max_concurrency`` batches
     at once. A guard that cannot judge blocks (fail-closed) unless the policy is fail-open.
     Returned nodes that were annotated are copies; the retrieved nodes are never mutated.
+
+    One node that cannot be judged (e.g. text with a lone surrogate) fails alone: it is blocked
+    (dropped, raised or annotated, per ``action``) with the reason in its decision's ``error``;
+    the others are judged. ``policy`` overrides the guard's policy for this postprocessor.
 
     Without ``guard`` the process-wide default (:func:`qwen3guard.get_default_guard`) is used,
     built lazily on first use.
@@ -71,10 +74,14 @@ class Qwen3GuardNodePostprocessor(BaseNodePostprocessor):
     )
 
     _guard: Qwen3Guard | None = PrivateAttr(default=None)
+    _policy: Policy | None = PrivateAttr(default=None)
 
-    def __init__(self, guard: Qwen3Guard | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, guard: Qwen3Guard | None = None, policy: Policy | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self._guard = guard
+        self._policy = policy
 
     @classmethod
     def class_name(cls) -> str:
@@ -85,61 +92,55 @@ class Qwen3GuardNodePostprocessor(BaseNodePostprocessor):
         """The guard in use (the process-wide default when none was passed)."""
         return resolve_guard(self._guard)
 
-    # -- sync ---------------------------------------------------------------------------------
+    @property
+    def policy(self) -> Policy:
+        """The policy in use: the one passed in, else the guard's."""
+        return self._policy if self._policy is not None else self.guard.policy
+
+    # -- sync and async: the same plan, only the waiting differs -----------------------------
 
     def _postprocess_nodes(
         self,
         nodes: list[NodeWithScore],
         query_bundle: QueryBundle | None = None,
     ) -> list[NodeWithScore]:
-        guard = self.guard
-        plan = _Plan(self, guard, nodes, query_bundle)
-        results: list[Verdict | BaseException] = []
+        guard, policy = self.guard, self.policy
+        plan = _Plan(self, policy, nodes, query_bundle)
+        decisions: list[Decision] = []
         for chunk in plan.chunks(self.batch_size):
             try:
-                results.extend(guard.check_batch(chunk, return_exceptions=True))
+                decisions.extend(guard.screen_batch(chunk, policy=policy))
             except _GUARD_FAILURES as exc:  # the whole batch could not be judged
-                results.extend([exc] * len(chunk))
-        return plan.finish(results)
-
-    # -- async --------------------------------------------------------------------------------
+                decisions.extend(could_not_judge(policy, exc, s) for _, s in chunk)
+        return plan.finish(decisions)
 
     async def _apostprocess_nodes(
         self,
         nodes: list[NodeWithScore],
         query_bundle: QueryBundle | None = None,
     ) -> list[NodeWithScore]:
-        guard = self.guard
-        plan = _Plan(self, guard, nodes, query_bundle)
+        guard, policy = self.guard, self.policy
+        plan = _Plan(self, policy, nodes, query_bundle)
         semaphore = asyncio.Semaphore(self.max_concurrency)
 
-        async def run(chunk: list[Any]) -> list[Verdict | BaseException]:
+        async def run(chunk: list[Item]) -> list[Decision]:
             async with semaphore:
                 try:
-                    return await guard.acheck_batch(chunk, return_exceptions=True)
+                    return await guard.ascreen_batch(chunk, policy=policy)
                 except _GUARD_FAILURES as exc:  # the whole batch could not be judged
-                    return [exc] * len(chunk)
+                    return [could_not_judge(policy, exc, s) for _, s in chunk]
 
         parts = await asyncio.gather(*(run(c) for c in plan.chunks(self.batch_size)))
-        return plan.finish([r for part in parts for r in part])
+        return plan.finish([d for part in parts for d in part])
 
     # -- the node's verdict ---------------------------------------------------------------------
 
     def _annotated(self, nws: NodeWithScore, decision: Decision | None) -> NodeWithScore:
         """A copy of the node whose metadata carries the decision, hidden from LLM and embedder."""
         node = nws.node.model_copy()
-        info = (
-            decision_info(decision)
-            if decision is not None
-            else {
-                "allowed": True,
-                "surface": _RETRIEVAL,
-                "reason": "nothing to judge",
-                "risk": None,
-                "categories": [],
-                "refusal": None,
-            }
-        )
+        if decision is None:
+            decision = Decision(True, None, Surface.RETRIEVAL, "nothing to judge")
+        info = decision.to_dict()
         node.metadata = {**nws.node.metadata, self.metadata_key: info}
         for attr in ("excluded_llm_metadata_keys", "excluded_embed_metadata_keys"):
             keys = list(getattr(nws.node, attr))
@@ -151,54 +152,51 @@ class Qwen3GuardNodePostprocessor(BaseNodePostprocessor):
 
 class _Plan:
     """What to judge (the query first, when asked, then each node with text), and how to put
-    the guard's answers back onto the nodes."""
+    the guard's decisions back onto the nodes."""
 
     def __init__(
         self,
         pp: Qwen3GuardNodePostprocessor,
-        guard: Qwen3Guard,
+        policy: Policy,
         nodes: Sequence[NodeWithScore],
         query_bundle: QueryBundle | None,
     ) -> None:
         self.pp = pp
-        self.guard = guard
         self.nodes = list(nodes)
-        self.items: list[Any] = []
+        self.items: list[Item] = []
         self.query: str | None = None
-        if pp.check_query and query_bundle is not None and surface_enabled(guard, _INPUT):
+        if pp.check_query and query_bundle is not None and policy.is_enabled(Surface.INPUT):
             text = query_bundle.query_str
             if text and text.strip():
                 self.query = text
-                self.items.append(user_turn(text))
+                self.items.append((user_turn(text), Surface.INPUT))
         self.node_slots: list[int | None] = []  # index into items, None = nothing to judge
-        check_nodes = surface_enabled(guard, _RETRIEVAL)
+        check_nodes = policy.is_enabled(Surface.RETRIEVAL)
         for nws in self.nodes:
+            # What the LLM reads: the node's text with its LLM-visible metadata (the keys in
+            # excluded_llm_metadata_keys left out), rendered by the node's own templates.
             text = nws.node.get_content(metadata_mode=pp.metadata_mode) if check_nodes else ""
             if text and text.strip():
                 self.node_slots.append(len(self.items))
-                self.items.append(user_turn(text))
+                self.items.append((user_turn(text), Surface.RETRIEVAL))
             else:
                 self.node_slots.append(None)
 
-    def chunks(self, size: int) -> list[list[Any]]:
+    def chunks(self, size: int) -> list[list[Item]]:
         return [self.items[i : i + size] for i in range(0, len(self.items), size)]
 
-    def finish(self, results: Sequence[Verdict | BaseException]) -> list[NodeWithScore]:
+    def finish(self, decisions: Sequence[Decision]) -> list[NodeWithScore]:
         if self.query is not None:
-            decision = decide_result(self.guard, results[0], _INPUT)
-            if decision.blocked:
-                raise violation(decision, self.query)
+            raise_if_blocked(decisions[0], self.query)
         out: list[NodeWithScore] = []
         for nws, slot in zip(self.nodes, self.node_slots):
-            decision = (
-                None if slot is None else decide_result(self.guard, results[slot], _RETRIEVAL)
-            )
+            decision = None if slot is None else decisions[slot]
             if self.pp.action == "annotate":
                 out.append(self.pp._annotated(nws, decision))
                 continue
             if decision is not None and decision.blocked:
                 if self.pp.action == "raise":
-                    raise violation(
+                    raise_if_blocked(
                         decision, nws.node.get_content(metadata_mode=self.pp.metadata_mode)
                     )
                 log.info("qwen3guard dropped node %s (%s)", nws.node.node_id, decision.reason)

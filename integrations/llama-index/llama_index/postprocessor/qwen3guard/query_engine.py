@@ -17,20 +17,19 @@ from llama_index.core.callbacks.base import CallbackManager
 from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import QueryBundle
 
-from qwen3guard import Decision, Qwen3Guard
+from qwen3guard import DEFAULT_REFUSAL_MESSAGE, METADATA_KEY, Decision, Policy, Qwen3Guard, Surface
+from qwen3guard.guard import raise_if_blocked
 
 from ._common import (
-    DEFAULT_VIOLATION_MESSAGE,
-    METADATA_KEY,
     ExitBehavior,
+    Messages,
     check_exit_behavior,
-    decision_info,
+    check_hold_back,
     resolve_guard,
     response_turns,
     user_turn,
-    violation,
 )
-from ._stream import StreamGate, amoderate_text, moderate_text
+from ._stream import Moderation, amoderate_text, moderate_text
 
 
 class Qwen3GuardQueryEngine(BaseQueryEngine):
@@ -38,21 +37,24 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
 
     - The query is judged (surface ``input``) before the wrapped engine runs, so a blocked
       query never reaches retrieval or the LLM.
-    - A complete answer is judged after synthesis with the query as context
-      (``check_response``, surface ``output``).
+    - A complete answer is judged after synthesis with the query as context (surface
+      ``output``).
     - A streamed answer (``StreamingResponse`` / ``AsyncStreamingResponse``) is moderated token
-      by token through a Stream session (``guard.open_stream``). Text reaches the consumer
-      ``hold_back_chunks`` chunks late (default 3: with word-sized chunks the session's flag
-      arrives about three chunks after the flagged span began, as it judges a token only once
-      the next text shows where it ends and then debounces over two tokens), so the flagged
-      span is usually not shown; on a flag the upstream generator is closed at once and the
-      consumer gets only the text before the flagged span's start.
+      by token through the core :class:`qwen3guard.StreamGate`: a chunk reaches the consumer
+      once the guard has judged all of its text and no later flag can start before its end, so
+      the flagged span is never shown. On a flag the upstream generator is closed at once and
+      the consumer gets only the text before the flagged span's start.
 
     A blocked query or answer raises :class:`~qwen3guard.Qwen3GuardViolation`
     (``exit_behavior="error"``) or is replaced by ``violation_message``
     (``exit_behavior="replace"``; in a stream the message is the last chunk). Source nodes of
-    the wrapped engine's response are kept; a replaced response's ``metadata["qwen3guard"]``
-    says what was blocked and why. A safe answer is returned unchanged.
+    the wrapped engine's response are kept; ``metadata["qwen3guard"]`` says what was blocked
+    and why (:meth:`qwen3guard.Decision.to_dict`). A safe complete answer is returned unchanged.
+    ``policy`` overrides the guard's policy for this engine.
+
+    ``hold_back_tokens`` (the name the LangChain integration uses) must be 0: the gate holds
+    back exactly the text that is not settled, and no more is needed. ``hold_back_chunks``
+    (its former name) is accepted with a ``DeprecationWarning`` and ignored.
     """
 
     def __init__(
@@ -60,22 +62,25 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
         query_engine: BaseQueryEngine,
         guard: Qwen3Guard | None = None,
         *,
+        policy: Policy | None = None,
         check_query: bool = True,
         check_response: bool = True,
         exit_behavior: ExitBehavior = "error",
-        violation_message: str = DEFAULT_VIOLATION_MESSAGE,
-        hold_back_chunks: int = 3,
+        violation_message: str = DEFAULT_REFUSAL_MESSAGE,
+        hold_back_tokens: int = 0,
+        hold_back_chunks: int | None = None,
         callback_manager: CallbackManager | None = None,
     ) -> None:
-        if hold_back_chunks < 0:
-            raise ValueError("hold_back_chunks must be >= 0")
         self._query_engine = query_engine
         self._guard = guard
+        self.policy: Policy | None = policy
         self.check_query = check_query
         self.check_response = check_response
-        self.exit_behavior = check_exit_behavior(exit_behavior)
+        self.exit_behavior: ExitBehavior = check_exit_behavior(exit_behavior)
         self.violation_message = violation_message
-        self.hold_back_chunks = hold_back_chunks
+        self.hold_back_tokens = check_hold_back(
+            hold_back_tokens, "hold_back_chunks", hold_back_chunks
+        )
         super().__init__(callback_manager=callback_manager or query_engine.callback_manager)
 
     @classmethod
@@ -95,118 +100,122 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
     def _get_prompt_modules(self) -> PromptMixinType:
         return {"query_engine": self._query_engine}
 
-    # -- sync ---------------------------------------------------------------------------------
+    # -- sync and async: the same steps, only the waiting differs ----------------------------
 
     def _query(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
-        guard = self.guard
         query = query_bundle.query_str
-        if self.check_query and query.strip():
-            decision = guard.screen(user_turn(query), "input")
+        if (msgs := self._query_messages(query)) is not None:
+            decision = self.guard.screen(msgs, Surface.INPUT, policy=self.policy)
             if decision.blocked:
                 return self._blocked_query(decision, query)
         response = self._query_engine.query(query_bundle)
-        if not self.check_response:
-            return response
-        if isinstance(response, StreamingResponse):
-            return self._stream(response, query)
-        if isinstance(response, AsyncStreamingResponse):
-            return self._astream(response, query)
-        text = _text_of(response)
-        if not text:
-            return response
-        return self._judged(response, guard.screen(response_turns(query, text), "output"), text)
-
-    # -- async --------------------------------------------------------------------------------
+        if (answer := self._answer_messages(response, query)) is None:
+            return self._guard_stream(response, query)
+        decision = self.guard.screen(answer, Surface.OUTPUT, policy=self.policy)
+        return self._judged(response, decision, answer[-1]["content"])
 
     async def _aquery(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
-        guard = self.guard
         query = query_bundle.query_str
-        if self.check_query and query.strip():
-            decision = await guard.ascreen(user_turn(query), "input")
+        if (msgs := self._query_messages(query)) is not None:
+            decision = await self.guard.ascreen(msgs, Surface.INPUT, policy=self.policy)
             if decision.blocked:
                 return self._blocked_query(decision, query)
         response = await self._query_engine.aquery(query_bundle)
+        if (answer := self._answer_messages(response, query)) is None:
+            return self._guard_stream(response, query)
+        decision = await self.guard.ascreen(answer, Surface.OUTPUT, policy=self.policy)
+        return self._judged(response, decision, answer[-1]["content"])
+
+    # -- what is judged -----------------------------------------------------------------------
+
+    def _query_messages(self, query: str) -> Messages | None:
+        return user_turn(query) if self.check_query and query.strip() else None
+
+    def _answer_messages(self, response: Any, query: str) -> Messages | None:
+        """The complete answer to judge now, or None when there is none (a live stream, which
+        :meth:`_guard_stream` moderates as it flows, or nothing to check)."""
         if not self.check_response:
-            return response
+            return None
         if isinstance(response, AsyncStreamingResponse):
-            return self._astream(response, query)
+            return None
         if isinstance(response, StreamingResponse):
-            return self._stream(response, query)
-        text = _text_of(response)
-        if not text:
-            return response
-        decision = await guard.ascreen(response_turns(query, text), "output")
-        return self._judged(response, decision, text)
+            if response.response_txt is None and response.response_gen is not None:
+                return None
+            text = response.response_txt or ""  # already consumed upstream: judged whole
+        else:
+            text = _text_of(response)
+        return response_turns(query, text) if text.strip() else None
 
     # -- outcomes -----------------------------------------------------------------------------
 
     def _blocked_query(self, decision: Decision, query: str) -> Response:
         if self.exit_behavior == "error":
-            raise violation(decision, query)
+            raise_if_blocked(decision, query)
         return Response(
             self.violation_message,
             source_nodes=[],
-            metadata={METADATA_KEY: {"blocked": "input", "input": decision_info(decision)}},
+            metadata={METADATA_KEY: {"blocked": "input", "input": decision.to_dict()}},
         )
 
     def _judged(self, response: Any, decision: Decision, text: str) -> RESPONSE_TYPE:
         if decision.allowed:
-            return response
+            return response  # type: ignore[no-any-return]
         if self.exit_behavior == "error":
-            raise violation(decision, text)
+            raise_if_blocked(decision, text)
         metadata = dict(response.metadata or {})
-        metadata[METADATA_KEY] = {"blocked": "output", "output": decision_info(decision)}
+        metadata[METADATA_KEY] = {"blocked": "output", "output": decision.to_dict()}
+        if isinstance(response, StreamingResponse):
+            return StreamingResponse(
+                response_gen=iter(()),
+                source_nodes=list(response.source_nodes),
+                metadata=metadata,
+                response_txt=self.violation_message,
+            )
         return Response(
             self.violation_message, source_nodes=list(response.source_nodes), metadata=metadata
         )
 
-    def _on_block(self, gate: StreamGate[str]) -> Iterator[str]:
+    def _on_block(self, run: Moderation[str]) -> Iterator[str]:
         if self.exit_behavior == "error":
-            raise gate.error(gate.answer)
+            raise run.error()
         yield self.violation_message
 
-    def _stream(self, response: StreamingResponse, query: str) -> StreamingResponse:
-        guarded = StreamingResponse(
-            response_gen=iter(()),
-            source_nodes=response.source_nodes,
-            metadata=response.metadata,
-            response_txt=response.response_txt,
-        )
-        if response.response_txt is not None or response.response_gen is None:
-            # Already consumed upstream: judge the whole text at once.
-            text = response.response_txt or ""
-            if text:
-                decision = self.guard.screen(response_turns(query, text), "output")
-                if decision.blocked:
-                    if self.exit_behavior == "error":
-                        raise violation(decision, text)
-                    guarded.response_txt = self.violation_message
+    def _guard_stream(self, response: Any, query: str) -> RESPONSE_TYPE:
+        """A live stream, moderated as the consumer reads it (any other response as is)."""
+        if not self.check_response:
+            return response  # type: ignore[no-any-return]
+        if isinstance(response, StreamingResponse) and response.response_gen is not None:
+            sync = StreamingResponse(
+                response_gen=iter(()),
+                source_nodes=response.source_nodes,
+                metadata=response.metadata,
+                response_txt=None,
+            )
+            sync.response_gen = moderate_text(
+                response.response_gen,
+                self.guard,
+                user_turn(query),
+                policy=self.policy,
+                on_block=self._on_block,
+                on_done=lambda run: _record(sync, run),
+            )
+            return sync
+        if isinstance(response, AsyncStreamingResponse):
+            gen: AsyncIterator[str] = amoderate_text(
+                response.response_gen,
+                self.guard,
+                user_turn(query),
+                policy=self.policy,
+                on_block=self._on_block,
+                on_done=lambda run: _record(guarded, run),
+            )
+            guarded = AsyncStreamingResponse(
+                response_gen=gen,  # type: ignore[arg-type]
+                source_nodes=response.source_nodes,
+                metadata=response.metadata,
+            )
             return guarded
-        guarded.response_gen = moderate_text(
-            response.response_gen,
-            self.guard,
-            user_turn(query),
-            hold_back=self.hold_back_chunks,
-            on_block=self._on_block,
-            on_done=lambda gate: _record(guarded, gate),
-        )
-        return guarded
-
-    def _astream(self, response: AsyncStreamingResponse, query: str) -> AsyncStreamingResponse:
-        gen: AsyncIterator[str] = amoderate_text(
-            response.response_gen,
-            self.guard,
-            user_turn(query),
-            hold_back=self.hold_back_chunks,
-            on_block=self._on_block,
-            on_done=lambda gate: _record(guarded, gate),
-        )
-        guarded = AsyncStreamingResponse(
-            response_gen=gen,  # type: ignore[arg-type]
-            source_nodes=response.source_nodes,
-            metadata=response.metadata,
-        )
-        return guarded
+        return response  # type: ignore[no-any-return]
 
 
 def _text_of(response: Any) -> str:
@@ -217,12 +226,12 @@ def _text_of(response: Any) -> str:
     return str(response or "")
 
 
-def _record(response: Any, gate: StreamGate[str]) -> None:
+def _record(response: Any, run: Moderation[str]) -> None:
     """Write the stream's moderation outcome to the response's metadata."""
     if response.metadata is None:
         response.metadata = {}
     entry = dict(response.metadata.get(METADATA_KEY) or {})
-    entry["output"] = gate.info()
-    if gate.blocked:
+    entry["output"] = run.info()
+    if run.blocked:
         entry["blocked"] = "output"
     response.metadata[METADATA_KEY] = entry

@@ -3,7 +3,6 @@ LLM reads it."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from llama_index.core.tools import FunctionTool
@@ -15,27 +14,34 @@ from llama_index.core.tools.types import (
     adapt_to_async_tool,
 )
 
-from qwen3guard import Decision, Qwen3Guard
+from qwen3guard import (
+    DEFAULT_REFUSAL_MESSAGE,
+    METADATA_KEY,
+    Decision,
+    InvalidInputError,
+    Policy,
+    Qwen3Guard,
+    Surface,
+)
+from qwen3guard.guard import raise_if_blocked
 
 from ._common import (
-    DEFAULT_VIOLATION_MESSAGE,
-    METADATA_KEY,
     ExitBehavior,
+    Messages,
+    block_texts,
     check_exit_behavior,
-    decision_info,
     resolve_guard,
-    violation,
+    to_json,
 )
-
-_TOOL_CALL = "tool_call"
-_TOOL_RESULT = "tool_result"
 
 
 class _ToolGuard:
-    """The screening shared by :class:`GuardedTool` and :class:`GuardedFunctionTool`."""
+    """The screening shared by :class:`GuardedTool` and :class:`GuardedFunctionTool`; ``call``
+    and ``acall`` take the same steps and differ only in how they wait."""
 
     _inner: BaseTool
     _guard: Qwen3Guard | None
+    policy: Policy | None
     check_arguments: bool
     check_output: bool
     exit_behavior: ExitBehavior
@@ -45,6 +51,7 @@ class _ToolGuard:
         self,
         tool: BaseTool,
         guard: Qwen3Guard | None,
+        policy: Policy | None,
         check_arguments: bool,
         check_output: bool,
         exit_behavior: ExitBehavior,
@@ -52,6 +59,7 @@ class _ToolGuard:
     ) -> None:
         self._inner = tool
         self._guard = guard
+        self.policy = policy
         self.check_arguments = check_arguments
         self.check_output = check_output
         self.exit_behavior = check_exit_behavior(exit_behavior)
@@ -68,52 +76,57 @@ class _ToolGuard:
 
     # -- what is judged -------------------------------------------------------------------------
 
-    def _arguments_messages(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        text = render_arguments(args, kwargs, skip=getattr(self._inner, "ctx_param_name", None))
-        return [{"role": "user", "content": text}] if text.strip() else None
+    def _arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Messages | None:
+        if not self.check_arguments:
+            return None
+        skip = getattr(self._inner, "ctx_param_name", None)
+        return arguments_messages(render_arguments(args, kwargs, skip=skip))
 
-    @staticmethod
-    def _output_messages(output: ToolOutput) -> Any:
-        text = output.content
-        return [{"role": "tool", "content": text}] if text and text.strip() else None
+    def _output(self, output: ToolOutput) -> Messages | Decision | None:
+        return output_messages(output) if self.check_output else None
 
-    def _blocked(self, decision: Decision, content: Any, args: Any, kwargs: Any) -> ToolOutput:
+    def _outcome(
+        self, decision: Decision, content: Any, args: Any, kwargs: Any
+    ) -> ToolOutput | None:
+        """None when allowed; else raise, or the error output that replaces the call."""
+        if decision.allowed:
+            return None
         if self.exit_behavior == "error":
-            raise violation(decision, content)
+            raise_if_blocked(decision, content)
         return ToolOutput(
             content=self.violation_message,
             tool_name=self._inner.metadata.get_name(),
             raw_input={"args": args, "kwargs": _public_kwargs(kwargs)},
-            raw_output={METADATA_KEY: decision_info(decision)},
+            raw_output={METADATA_KEY: decision.to_dict()},
             is_error=True,
         )
 
     # -- calls --------------------------------------------------------------------------------
 
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
-        guard = self.guard
-        if self.check_arguments and (msgs := self._arguments_messages(args, kwargs)):
-            decision = guard.screen(msgs, _TOOL_CALL)
-            if decision.blocked:
-                return self._blocked(decision, msgs[0]["content"], args, kwargs)
+        if (msgs := self._arguments(args, kwargs)) is not None:
+            decision = self.guard.screen(msgs, Surface.TOOL_CALL, policy=self.policy)
+            if (out := self._outcome(decision, msgs[0]["content"], args, kwargs)) is not None:
+                return out
         output = _call_sync(self._inner, args, kwargs)
-        if self.check_output and (msgs := self._output_messages(output)):
-            decision = guard.screen(msgs, _TOOL_RESULT)
-            if decision.blocked:
-                return self._blocked(decision, output.content, args, kwargs)
+        judged = self._output(output)
+        if isinstance(judged, list):
+            judged = self.guard.screen(judged, Surface.TOOL_RESULT, policy=self.policy)
+        if judged is not None and (out := self._outcome(judged, output.content, args, kwargs)):
+            return out
         return output
 
     async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
-        guard = self.guard
-        if self.check_arguments and (msgs := self._arguments_messages(args, kwargs)):
-            decision = await guard.ascreen(msgs, _TOOL_CALL)
-            if decision.blocked:
-                return self._blocked(decision, msgs[0]["content"], args, kwargs)
+        if (msgs := self._arguments(args, kwargs)) is not None:
+            decision = await self.guard.ascreen(msgs, Surface.TOOL_CALL, policy=self.policy)
+            if (out := self._outcome(decision, msgs[0]["content"], args, kwargs)) is not None:
+                return out
         output = await adapt_to_async_tool(self._inner).acall(*args, **kwargs)
-        if self.check_output and (msgs := self._output_messages(output)):
-            decision = await guard.ascreen(msgs, _TOOL_RESULT)
-            if decision.blocked:
-                return self._blocked(decision, output.content, args, kwargs)
+        judged = self._output(output)
+        if isinstance(judged, list):
+            judged = await self.guard.ascreen(judged, Surface.TOOL_RESULT, policy=self.policy)
+        if judged is not None and (out := self._outcome(judged, output.content, args, kwargs)):
+            return out
         return output
 
 
@@ -127,12 +140,15 @@ class GuardedTool(_ToolGuard, AsyncBaseTool):
         tool: BaseTool,
         guard: Qwen3Guard | None = None,
         *,
+        policy: Policy | None = None,
         check_arguments: bool = True,
         check_output: bool = True,
         exit_behavior: ExitBehavior = "error",
-        violation_message: str = DEFAULT_VIOLATION_MESSAGE,
+        violation_message: str = DEFAULT_REFUSAL_MESSAGE,
     ) -> None:
-        self._setup(tool, guard, check_arguments, check_output, exit_behavior, violation_message)
+        self._setup(
+            tool, guard, policy, check_arguments, check_output, exit_behavior, violation_message
+        )
 
     @property
     def metadata(self) -> ToolMetadata:
@@ -152,10 +168,11 @@ class GuardedFunctionTool(_ToolGuard, FunctionTool):
         tool: FunctionTool,
         guard: Qwen3Guard | None = None,
         *,
+        policy: Policy | None = None,
         check_arguments: bool = True,
         check_output: bool = True,
         exit_behavior: ExitBehavior = "error",
-        violation_message: str = DEFAULT_VIOLATION_MESSAGE,
+        violation_message: str = DEFAULT_REFUSAL_MESSAGE,
     ) -> None:
         # FunctionTool's own __init__ re-inspects the function; copy what the wrapped tool
         # already worked out instead. partial_params / defaults / callbacks stay on the inner.
@@ -169,7 +186,9 @@ class GuardedFunctionTool(_ToolGuard, FunctionTool):
         self._field_defaults = {}
         self._callback = None
         self._async_callback = None
-        self._setup(tool, guard, check_arguments, check_output, exit_behavior, violation_message)
+        self._setup(
+            tool, guard, policy, check_arguments, check_output, exit_behavior, violation_message
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> ToolOutput:
         return self.call(*args, **kwargs)
@@ -179,22 +198,27 @@ def guard_tool(
     tool: BaseTool,
     guard: Qwen3Guard | None = None,
     *,
+    policy: Policy | None = None,
     check_arguments: bool = True,
     check_output: bool = True,
     exit_behavior: ExitBehavior = "error",
-    violation_message: str = DEFAULT_VIOLATION_MESSAGE,
+    violation_message: str = DEFAULT_REFUSAL_MESSAGE,
 ) -> AsyncBaseTool:
     """Screen a tool with Qwen3Guard, sync (``call``) and async (``acall``).
 
     The arguments are judged before the tool runs (surface ``tool_call``): blocked, the tool
     never runs. Its output is judged as content the model will read (surface ``tool_result``):
-    blocked, it never reaches the caller. A blocked call raises
+    every block the LLM is given, nested citable content included; blocked, it never reaches
+    the caller. An output block no text guard can read (an image, audio, video or a binary
+    document) blocks the output, with an :class:`~qwen3guard.InvalidInputError` in the
+    decision saying which (pass ``check_output=False`` for tools whose output is not text). A blocked call raises
     :class:`~qwen3guard.Qwen3GuardViolation` (``exit_behavior="error"``; an agent reports the
     error, not the content, to its LLM) or returns an error ``ToolOutput`` carrying
     ``violation_message`` (``exit_behavior="replace"``). A ``FunctionTool`` stays a
     ``FunctionTool``.
     """
     kw: dict[str, Any] = {
+        "policy": policy,
         "check_arguments": check_arguments,
         "check_output": check_output,
         "exit_behavior": exit_behavior,
@@ -216,16 +240,28 @@ def render_arguments(
         return values[0][1]
     lines = []
     for name, value in values:
-        text = value if isinstance(value, str) else _json(value)
+        text = value if isinstance(value, str) else to_json(value)
         lines.append(text if name is None else f"{name}: {text}")
     return "\n".join(lines)
 
 
-def _json(value: Any) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        return str(value)
+def arguments_messages(text: str) -> Messages | None:
+    """A tool call's rendered arguments as the guard's conversation (None: nothing to judge)."""
+    return [{"role": "user", "content": text}] if text.strip() else None
+
+
+def output_messages(output: ToolOutput) -> Messages | Decision | None:
+    """What the LLM will read of a tool's output, as the guard's conversation; a blocked
+    decision when part of it cannot be judged as text; None when it carries no content."""
+    texts, unreadable = block_texts(output.blocks)
+    if unreadable:
+        exc = InvalidInputError(
+            f"the output of tool {output.tool_name!r} has content a text guard cannot read "
+            f"({', '.join(sorted(set(unreadable)))} blocks)"
+        )
+        return Decision(False, None, Surface.TOOL_RESULT, f"cannot be judged: {exc}", error=exc)
+    text = "\n".join(texts)
+    return [{"role": "tool", "content": text}] if text.strip() else None
 
 
 def _is_context(value: Any) -> bool:
