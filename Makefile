@@ -1,19 +1,23 @@
 # Two targets do everything on a fresh clone:
-#   make demo   install, then run the guard offline on the built-in small checkpoints
-#   make test   install (vLLM too), then run the whole test suite
+#   make demo        install, then run the guard offline on the built-in small checkpoints
+#   make test        install (vLLM too), then run the whole test suite
+# and, for development:
+#   make test-fast   install, then run every test that needs no vLLM (no vLLM install)
+#   make lint        ruff (code, tests, scripts, cookbook notebooks) and mypy (the three packages)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # A CPU build of torch; a looser spec would download a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
+PIP_INSTALL := $(BIN)/pip install -q --progress-bar off --disable-pip-version-check
 
-.PHONY: install demo test lint vllm
+.PHONY: install demo test test-fast lint vllm
 
 $(BIN)/.installed: pyproject.toml integrations/langchain/pyproject.toml integrations/llama-index/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]" -e "integrations/langchain[test]" -e "integrations/llama-index[test]"
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) "$(TORCH)"
+	$(PIP_INSTALL) -e ".[dev]" -e "integrations/langchain[test]" -e "integrations/llama-index[test]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -27,5 +31,9 @@ vllm:
 test: install vllm
 	$(BIN)/python -m pytest
 
+test-fast: install
+	$(BIN)/python -m pytest -m "not vllm"
+
 lint: install
-	$(BIN)/ruff check src tests benchmarks integrations
+	$(BIN)/ruff check .
+	$(BIN)/mypy

