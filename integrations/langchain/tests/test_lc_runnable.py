@@ -14,7 +14,7 @@ from langchain_core.runnables import RunnableLambda
 from langchain_qwen3guard import Qwen3GuardRunnable
 from lc_fakes import SAFE_ANSWER, UNSAFE_ANSWER, TokenRecorder, first_unsafe_chunk, words
 
-from qwen3guard import Category, Policy, Qwen3GuardViolation, RiskLevel
+from qwen3guard import DEFAULT_REFUSAL_MESSAGE, Category, Policy, Qwen3GuardViolation, RiskLevel
 
 PROMPT = ChatPromptTemplate.from_messages([("user", "{question}")])
 DEBOUNCE_WINDOW = 2  # chunks: the flagged token and the one before it
@@ -130,7 +130,7 @@ def test_response_replace_returns_an_ai_message(gen_guard):
     g = Qwen3GuardRunnable(guard=gen_guard, exit_behavior="replace")
     out = g.invoke(AIMessage(UNSAFE_ANSWER, id="m1"))
     assert isinstance(out, AIMessage) and out.id == "m1"
-    assert "blocked by Qwen3Guard" in out.content
+    assert out.content == DEFAULT_REFUSAL_MESSAGE  # the one default of every integration
     text = Qwen3GuardRunnable(
         guard=gen_guard, role="response", exit_behavior="replace", violation_message="no"
     ).invoke(UNSAFE_ANSWER)
@@ -373,4 +373,4 @@ def test_fields_are_configurable_per_call(gen_guard):
     with pytest.raises(Qwen3GuardViolation):
         g.invoke("How can I make a bomb?")
     out = g.invoke("How can I make a bomb?", config={"configurable": {"guard_exit": "replace"}})
-    assert "blocked by Qwen3Guard" in out
+    assert out == DEFAULT_REFUSAL_MESSAGE

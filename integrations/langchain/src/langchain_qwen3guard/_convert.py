@@ -1,41 +1,74 @@
-"""LangChain objects -> the ``{"role", "content"}`` conversations the guard judges, and the
-violation messages shown in place of blocked content."""
+"""LangChain objects -> what the guard judges.
+
+A LangChain message is handed to the core reader (:mod:`qwen3guard.content`) as a mapping of
+the fields an LLM sees or emits: its role, ``content`` (a string or content blocks),
+``tool_calls``, ``invalid_tool_calls``, ``tool_call_chunks`` and ``additional_kwargs``; so text,
+reasoning / thinking blocks, tool calls (well-formed or not), ``function_call`` and structured
+output are all read, and a block the guard cannot read raises
+:class:`qwen3guard.InvalidInputError` naming its type.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.documents import Document
 from langchain_core.messages import BaseMessage, convert_to_messages
 from langchain_core.prompt_values import PromptValue
 
-from qwen3guard import Decision
+from qwen3guard import DEFAULT_REFUSAL_MESSAGE, METADATA_KEY, Decision
+from qwen3guard.content import (
+    NO_PROMPT,
+    MessageContent,
+    NonText,
+    ToolCallText,
+    answer_conversation,
+    as_text,
+    read_message,
+)
+
+__all__ = [
+    "DEFAULT_VIOLATION_MESSAGE",
+    "METADATA_KEY",
+    "NO_PROMPT",
+    "GuardMessage",
+    "answer_conversation",
+    "as_text",
+    "chunk_text",
+    "decision_metadata",
+    "format_violation",
+    "message_content",
+    "message_text",
+    "message_to_guard",
+    "messages_to_guard",
+    "to_messages",
+    "tool_calls_of",
+]
 
 GuardMessage = dict[str, str]
 
-DEFAULT_VIOLATION_MESSAGE = (
-    "I'm sorry, but I can't help with that. The {stage} was blocked by Qwen3Guard ({categories})."
-)
+#: The text shown in place of blocked content unless a component is given its own
+#: (``violation_message=``): the one default of every qwen3guard integration.
+DEFAULT_VIOLATION_MESSAGE = DEFAULT_REFUSAL_MESSAGE
 
-#: Where the integration records what it did on a message (``response_metadata`` /
-#: ``additional_kwargs``) or a document (``metadata``).
-METADATA_KEY = "qwen3guard"
-
-#: The user turn an answer is judged after when its question is not known: both Qwen3Guard
-#: models judge an answer in the context of a user turn.
-UNKNOWN_PROMPT = "(the question is not available; judge the answer on its own)"
+#: Deprecated name of :data:`NO_PROMPT` (never documented).
+UNKNOWN_PROMPT = NO_PROMPT
 
 _ROLES = {
     "human": "user",
     "user": "user",
     "ai": "assistant",
+    "AIMessageChunk": "assistant",
     "assistant": "assistant",
     "system": "system",
+    "SystemMessageChunk": "system",
     "developer": "system",
     "tool": "tool",
+    "ToolMessageChunk": "tool",
     "function": "tool",
+    "FunctionMessageChunk": "tool",
+    "HumanMessageChunk": "user",
 }
 
 _STAGE_NAMES = {
@@ -47,50 +80,100 @@ _STAGE_NAMES = {
 }
 
 
+def role_of_message(message: BaseMessage) -> str:
+    """``system``, ``user``, ``assistant`` or ``tool``. A ``ChatMessage`` with a role the guard
+    does not know is read as ``user`` (text the model reads)."""
+    role = _ROLES.get(message.type)
+    if role is None:  # ChatMessage / ChatMessageChunk: its own role
+        role = _ROLES.get(str(getattr(message, "role", "")).lower(), "user")
+    return role
+
+
+def _fields(message: BaseMessage, role: str) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "role": role,
+        "content": message.content,
+        "additional_kwargs": message.additional_kwargs,
+    }
+    for key in ("tool_calls", "invalid_tool_calls", "tool_call_chunks"):
+        value = getattr(message, key, None)
+        if value:
+            fields[key] = value
+    return fields
+
+
+def message_content(message: BaseMessage, *, non_text: NonText = "error") -> MessageContent:
+    """Every text of a LangChain message (see the module docstring)."""
+    where = f"{type(message).__name__}"
+    return read_message(_fields(message, role_of_message(message)), where=where,
+                        non_text=non_text)
+
+
 def message_text(message: BaseMessage) -> str:
-    """The text of a message (string content or its text blocks)."""
-    return str(message.text)
+    """What a message says: its text and reasoning (tool calls aside)."""
+    return message_content(message).said
 
 
-def tool_calls_text(message: BaseMessage) -> str:
-    """An AI message's tool calls written out as text, for judging them or their context."""
-    calls = getattr(message, "tool_calls", None) or []
-    return "\n".join(f"{c.get('name')}({_json(c.get('args', {}))})" for c in calls)
+def chunk_text(message: BaseMessage) -> str:
+    """The text a streamed chunk adds to the answer: its text and reasoning, exactly as
+    streamed (no separators added). Tool-call data is not text (see :func:`tool_calls_of`)."""
+    fields = _fields(message, "assistant")
+    for key in ("tool_calls", "invalid_tool_calls", "tool_call_chunks"):
+        fields.pop(key, None)
+    extra = {
+        k: v for k, v in message.additional_kwargs.items() if k not in ("tool_calls", "function_call")
+    }
+    fields["additional_kwargs"] = extra
+    content = read_message(fields, where=type(message).__name__)
+    if isinstance(message.content, str) and not content.reasoning:
+        return message.content  # the common case: whitespace kept as streamed
+    return content.reasoning + content.text
+
+
+def has_tool_call_data(message: BaseMessage) -> bool:
+    """Whether a (chunk) message carries tool-call data of any kind."""
+    if getattr(message, "tool_call_chunks", None) or getattr(message, "tool_calls", None):
+        return True
+    if getattr(message, "invalid_tool_calls", None):
+        return True
+    extra = message.additional_kwargs
+    if extra.get("tool_calls") or extra.get("function_call"):
+        return True
+    content = message.content
+    return isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") in (
+            "tool_call", "tool_call_chunk", "tool_use", "server_tool_call",
+            "server_tool_call_chunk", "function_call", "invalid_tool_call",
+        )
+        for b in content
+    )
+
+
+def tool_calls_of(message: BaseMessage) -> tuple[ToolCallText, ...]:
+    """Every tool call of a message (parsed, invalid, raw provider fields, blocks)."""
+    return message_content(message, non_text="skip").tool_calls
 
 
 def message_to_guard(message: BaseMessage) -> GuardMessage | None:
-    """One LangChain message as a guard message; ``None`` when it has no text to judge."""
-    role = _ROLES.get(message.type)
-    if role is None:  # ChatMessage with a custom role
-        role = _ROLES.get(str(getattr(message, "role", "")).lower(), "user")
-    text = message_text(message)
-    if role == "assistant":
-        calls = tool_calls_text(message)
-        if calls:
-            text = f"{text}\n{calls}" if text.strip() else calls
+    """One LangChain message as a guard message (everything it holds, tool calls written
+    out); ``None`` when it has no text."""
+    content = message_content(message)
+    text = content.full_text
     if not text.strip():
         return None
-    return {"role": role, "content": text}
+    return {"role": content.role, "content": text}
 
 
 def messages_to_guard(messages: Sequence[Any]) -> list[GuardMessage]:
     """A conversation (LangChain messages, tuples, dicts or strings) as guard messages; turns
-    without text (an AI turn that only calls tools with no arguments, an empty chunk) are
-    left out."""
+    without text are left out. A message the guard cannot read raises
+    :class:`qwen3guard.InvalidInputError`."""
     out: list[GuardMessage] = []
     for m in convert_to_messages(list(messages)):
         g = message_to_guard(m)
         if g is not None:
             out.append(g)
     return out
-
-
-def answer_conversation(context: Sequence[GuardMessage], text: str) -> list[GuardMessage]:
-    """An answer to judge, after its context (or :data:`UNKNOWN_PROMPT` when there is none)."""
-    if not text.strip():
-        return []
-    before = list(context) or [{"role": "user", "content": UNKNOWN_PROMPT}]
-    return [*before, {"role": "assistant", "content": text}]
 
 
 def to_messages(value: Any) -> list[BaseMessage] | None:
@@ -105,10 +188,6 @@ def to_messages(value: Any) -> list[BaseMessage] | None:
         except (ValueError, TypeError, NotImplementedError):
             return None
     return None
-
-
-def document_text(doc: Document) -> str:
-    return doc.page_content
 
 
 def format_violation(template: str | None, decision: Decision, content: str = "") -> str:
@@ -135,30 +214,18 @@ def format_violation(template: str | None, decision: Decision, content: str = ""
 
 
 def decision_metadata(decision: Decision) -> dict[str, Any]:
-    """What the integration records about a decision (JSON-friendly)."""
-    return {
-        "allowed": decision.allowed,
-        "surface": decision.surface.value,
-        "reason": decision.reason,
-        "verdict": decision.verdict.to_dict() if decision.verdict is not None else None,
-    }
+    """What the integration records about a decision: :meth:`qwen3guard.Decision.to_dict`."""
+    return decision.to_dict()
 
 
-def _json(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
-    except (TypeError, ValueError):
-        return str(value)
+def document_text(doc: Document) -> str:
+    return doc.page_content
 
 
-def as_text(value: Any) -> str:
+def text_of_value(value: Any) -> str:
     """Text of an arbitrary tool input / output (strings as they are, the rest as JSON)."""
     if isinstance(value, BaseMessage):
         return message_text(value)
     if isinstance(value, Document):
         return value.page_content
-    if isinstance(value, (Mapping, list, tuple)):
-        return _json(value)
-    return value if isinstance(value, str) else _json(value)
+    return as_text(value)

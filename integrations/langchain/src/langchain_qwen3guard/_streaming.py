@@ -1,16 +1,24 @@
-"""Moderating a stream of chunks through a Qwen3Guard Stream session.
+"""Moderating a stream of LangChain chunks: the LangChain side of the core
+:class:`qwen3guard.StreamGate`.
 
-Every chunk's text is fed to the session as it arrives; a chunk is passed on once the session
-has scored all of its text and ``holdback_tokens`` more tokens after it, so that when the
-debounce flags (two unsafe tokens in a row, the span starting at the first of them) the
-flagged span has not been passed on. What is held back is therefore the session's unstable
-tail (the last words the re-tokenizer has not committed) plus ``holdback_tokens`` tokens:
-never the whole answer. Chunks keep their identity and order; chunks without text (tool-call
-chunks, the empty last chunk) wait their turn.
+What reaches the reader is decided by the core gate (chunks are released once their text is
+settled; a flag stops the stream, and the text before the flagged span is offered cut). This
+module only adapts it to LangChain:
 
-The upstream iterator is pulled in the background (a thread, or a task in async code), so
-the moderation of chunk *k* overlaps the LLM's wait for chunk *k+1* and the prompt check on
-open overlaps the wait for the first token.
+- the upstream iterator is pulled in the background (a thread, or a task in async code), so
+  the moderation of chunk *k* overlaps the LLM's wait for chunk *k+1*, and the chunks that
+  arrived while the guard was busy are fed together as one step (:class:`Prefetch`);
+- tool-call chunks: their text is not part of the answer the Stream model reads; a chunk that
+  carries tool-call data, and everything after it, is held until the stream has ended and the
+  aggregated tool calls have been judged (Gen, surface ``tool_call``), then released or
+  blocked;
+- a prompt the Stream session cannot take (``InvalidInputError`` / ``ContextLengthError`` from
+  opening) is judged by ``guard.screen(prompt, "input")`` (Gen, in windows), or blocked when
+  even that cannot judge it; the answer is then judged with no prompt. A prompt never inherits
+  another prompt's verdict.
+
+Sync and async share one core (:func:`_moderation`), a generator that asks for guard calls
+(:class:`Op`); :func:`drive` and :func:`adrive` run it and differ only in how they wait.
 """
 
 from __future__ import annotations
@@ -18,35 +26,197 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import queue
 import threading
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from qwen3guard import Decision, GuardOutputError, GuardUnavailableError, Policy, Surface
+from langchain_core.messages import BaseMessage
 
-from ._screen import failed
+from qwen3guard import (
+    Decision,
+    GateStep,
+    InvalidInputError,
+    Policy,
+    Qwen3Guard,
+    StreamGate,
+    Surface,
+)
+from qwen3guard.content import tool_call_conversation
+
+from ._convert import has_tool_call_data, tool_calls_of
+
+log = logging.getLogger("langchain_qwen3guard")
 
 T = TypeVar("T")
+R = TypeVar("R")
 
-_FAILURES = (GuardUnavailableError, GuardOutputError)
 _DONE = object()
+_END = object()
+
+
+# -- one core, two ways of waiting ------------------------------------------------------------
+
+
+class Op:
+    """A call the shared core asks for: ``sync(*args, **kwargs)`` in sync code,
+    ``await asyn(*args, **kwargs)`` in async code."""
+
+    __slots__ = ("args", "asyn", "kwargs", "sync")
+
+    def __init__(
+        self, sync: Callable[..., Any], asyn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> None:
+        self.sync = sync
+        self.asyn = asyn
+        self.args = args
+        self.kwargs = kwargs
+
+
+Core = Generator[Any, Any, R]
+
+
+def run(core: Core[R]) -> R:
+    """Run a core that only asks for calls; return what it returns."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = core.throw(error) if error is not None else core.send(value)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        value, error = None, None
+        try:
+            value = op.sync(*op.args, **op.kwargs)
+        except Exception as exc:  # noqa: BLE001 - handed to the core
+            error = exc
+
+
+async def arun(core: Core[R]) -> R:
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = core.throw(error) if error is not None else core.send(value)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        value, error = None, None
+        try:
+            value = await op.asyn(*op.args, **op.kwargs)
+        except Exception as exc:  # noqa: BLE001
+            error = exc
+
+
+def drive(core: Core[None]) -> Iterator[Any]:
+    """Run a core that also yields output (lists of items to pass on)."""
+    value: Any = None
+    error: BaseException | None = None
+    try:
+        while True:
+            try:
+                req = core.throw(error) if error is not None else core.send(value)
+            except StopIteration:
+                return
+            value, error = None, None
+            if isinstance(req, Op):
+                try:
+                    value = req.sync(*req.args, **req.kwargs)
+                except Exception as exc:  # noqa: BLE001
+                    error = exc
+            else:
+                yield from req
+    finally:
+        core.close()
+
+
+async def adrive(core: Core[None]) -> AsyncIterator[Any]:
+    value: Any = None
+    error: BaseException | None = None
+    try:
+        while True:
+            try:
+                req = core.throw(error) if error is not None else core.send(value)
+            except StopIteration:
+                return
+            value, error = None, None
+            if isinstance(req, Op):
+                try:
+                    value = await req.asyn(*req.args, **req.kwargs)
+                except Exception as exc:  # noqa: BLE001
+                    error = exc
+            else:
+                for item in req:
+                    yield item
+    finally:
+        core.close()
+
+
+# -- guard calls used by every component ---------------------------------------------------------
+
+
+def screen_op(
+    guard: Qwen3Guard, conversation: Any, surface: Surface, policy: Policy | None
+) -> Op:
+    return Op(guard.screen, guard.ascreen, conversation, surface, policy=policy)
+
+
+def screen_batch_op(
+    guard: Qwen3Guard, items: Sequence[tuple[Any, Surface]], policy: Policy | None
+) -> Op:
+    return Op(guard.screen_batch, guard.ascreen_batch, list(items), policy=policy)
+
+
+def screen_prompt(
+    guard: Qwen3Guard, prompt: Any, policy: Policy | None
+) -> Core[Decision]:
+    """A prompt judged by Gen (in windows); one that cannot be judged as given is blocked."""
+    try:
+        decision: Decision = yield screen_op(guard, prompt, Surface.INPUT, policy)
+    except InvalidInputError as exc:
+        decision = Decision(False, None, Surface.INPUT, f"cannot be judged: {exc}", error=exc)
+    return decision
+
+
+def open_gate(
+    guard: Qwen3Guard, prompt: Any, policy: Policy | None, *, judge_prompt: bool
+) -> Core[StreamGate[Any]]:
+    """A gate for an answer to ``prompt`` (None: not known). When the Stream session cannot
+    take the prompt, the prompt is judged by Gen (``judge_prompt``) and the answer with no
+    prompt; never with a stand-in's verdict."""
+    try:
+        gate: StreamGate[Any] = yield Op(
+            StreamGate.open, StreamGate.aopen, guard, prompt, policy=policy
+        )
+        return gate
+    except InvalidInputError as exc:  # ContextLengthError included
+        if prompt is None:
+            raise
+        failure = exc
+    decision = None
+    if judge_prompt:
+        decision = yield from screen_prompt(guard, prompt, policy)
+    log.info("the Stream session cannot take the prompt (%s): judged by Gen", failure)
+    gate = yield Op(StreamGate.open, StreamGate.aopen, guard, None, policy=policy)
+    if decision is not None:
+        gate.prompt_decision = decision
+    return gate
 
 
 # -- background pulling -----------------------------------------------------------------------
 
 
 class Prefetch(Generic[T]):
-    """Pull ``source`` in a daemon thread into a queue; iterate to get its items (and its
-    exception, re-raised here). ``stop()`` makes the thread quit after the item it is
-    waiting for and close the source there."""
+    """Pull ``source`` in a daemon thread into a queue; :meth:`next_batch` returns the items
+    that have arrived (waiting for one), or ``_END``. ``stop()`` makes the thread quit after
+    the item it is waiting for and close the source there."""
 
     def __init__(self, source: Iterator[T]) -> None:
         self._source = source
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stop = threading.Event()
+        self._ended = False
         ctx = contextvars.copy_context()
         self._thread = threading.Thread(
             target=ctx.run, args=(self._run,), daemon=True, name="qwen3guard-prefetch"
@@ -73,25 +243,10 @@ class Prefetch(Generic[T]):
                         close()
         self._queue.put((True, _DONE))
 
-    def batches(self) -> Iterator[list[T]]:
-        """Lists of the items that have arrived: waits for one, then takes all that are
-        ready, so that a consumer that fell behind catches up in one step."""
-        while True:
-            batch: list[T] = []
-            ok, item = self._queue.get()
-            while True:
-                if not ok or item is _DONE:
-                    if batch:
-                        yield batch
-                    if not ok:
-                        raise item
-                    return
-                batch.append(item)
-                try:
-                    ok, item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            yield batch
+    def next_batch(self) -> Any:
+        if self._ended:
+            return _END
+        return _collect(self._queue.get(), self._queue.get_nowait, queue.Empty, self)
 
     def stop(self) -> None:
         # Wait for the thread to let go of ``source``: LangChain reads its tee'd copy of the
@@ -108,6 +263,7 @@ class APrefetch(Generic[T]):
     def __init__(self, source: AsyncIterator[T]) -> None:
         self._source = source
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._ended = False
         self._task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
@@ -121,24 +277,14 @@ class APrefetch(Generic[T]):
             return
         await self._queue.put((True, _DONE))
 
-    async def batches(self) -> AsyncIterator[list[T]]:
-        """See :meth:`Prefetch.batches`."""
-        while True:
-            batch: list[T] = []
-            ok, item = await self._queue.get()
-            while True:
-                if not ok or item is _DONE:
-                    if batch:
-                        yield batch
-                    if not ok:
-                        raise item
-                    return
-                batch.append(item)
-                try:
-                    ok, item = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-            yield batch
+    async def anext_batch(self) -> Any:
+        if self._ended:
+            return _END
+        return _collect(await self._queue.get(), self._queue.get_nowait, asyncio.QueueEmpty,
+                        self)
+
+    def next_batch(self) -> Any:  # pragma: no cover - the async driver never calls it
+        raise RuntimeError("APrefetch is read with anext_batch()")
 
     async def aclose(self) -> None:
         if not self._task.done():
@@ -147,226 +293,229 @@ class APrefetch(Generic[T]):
                 await self._task
 
 
-# -- the release rule ---------------------------------------------------------------------------
+def _collect(
+    first: tuple[bool, Any],
+    get_nowait: Callable[[], tuple[bool, Any]],
+    empty: type[Exception],
+    owner: Prefetch[Any] | APrefetch[Any],
+) -> Any:
+    """The items that have arrived: ``first``, then all that are ready; ``_END`` after the
+    last; the source's exception re-raised."""
+    batch: list[Any] = []
+    ok, item = first
+    while True:
+        if not ok:
+            if batch:  # what came before the error first; the error next time
+                owner._queue.put_nowait((False, item))
+                return batch
+            owner._ended = True
+            raise item
+        if item is _DONE:
+            owner._ended = True
+            return batch if batch else _END
+        batch.append(item)
+        try:
+            ok, item = get_nowait()
+        except empty:
+            return batch
 
 
-class Gate(Generic[T]):
-    """Which chunks may be passed on, given what the session has scored so far."""
-
-    def __init__(self, holdback_tokens: int = 1) -> None:
-        self.holdback = max(0, int(holdback_tokens))
-        self._pending: deque[tuple[T, int]] = deque()
-        self.fed = 0  # characters of response text handed to the session
-        self.scored = 0  # characters of response text the session has scored
-        self._starts: deque[int] = deque(maxlen=max(1, self.holdback))
-        self.open = False  # True: release everything (moderation off after a fail-open)
-        self.whole = False  # True: the session judges the whole text so far (Gen fallback)
-
-    def add(self, item: T, text: str) -> None:
-        self.fed += len(text)
-        self._pending.append((item, self.fed))
-
-    def observe(self, update: Any) -> None:
-        meta = getattr(update, "metadata", None) or {}
-        if meta.get("fallback"):
-            # Gen re-checks (no Stream model): a passing check judged everything fed so far.
-            self.whole = True
-            if meta.get("checked") and not getattr(update, "flagged", False):
-                self.scored = self.fed
-            return
-        for tv in getattr(update, "token_verdicts", ()) or ():
-            self._starts.append(self.scored)
-            self.scored += len(getattr(tv, "text", "") or "")
-        self.scored = min(self.scored, self.fed)
-
-    def _limit(self) -> int:
-        if self.open:
-            return self.fed
-        if self.holdback == 0 or self.whole:
-            return self.scored
-        if len(self._starts) < self.holdback:
-            return 0
-        return self._starts[0]
-
-    def ready(self) -> list[T]:
-        limit = self._limit()
-        out: list[T] = []
-        while self._pending and self._pending[0][1] <= limit:
-            out.append(self._pending.popleft()[0])
-        return out
-
-    def drain(self) -> list[T]:
-        out = [item for item, _ in self._pending]
-        self._pending.clear()
-        return out
-
-
-# -- the moderation loop ------------------------------------------------------------------------
+# -- the moderation of one stream -------------------------------------------------------------
 
 
 @dataclass
 class StreamRules:
     """How a stream is judged and what happens when it is blocked.
 
-    ``on_block(decision, response_text)`` either raises or returns the items to emit in place
-    of the rest of the stream. ``prompt_surface`` is the surface the session's prompt verdict
-    is decided on (``None``: the prompt verdict is not acted on).
+    ``on_block(decision, content)`` either raises or returns the items to pass on in place of
+    the rest of the stream. ``cut(item, text)`` returns a copy of ``item`` holding only
+    ``text`` (the part of it before a flagged span), or None. ``message_of(item)`` is the
+    LangChain message an item carries (for its tool calls), or None.
     """
 
+    guard: Qwen3Guard
     policy: Policy
     on_block: Callable[[Decision, str], list[Any]]
-    holdback_tokens: int = 1
-    prompt_surface: Surface | None = None
-    output_surface: Surface = Surface.OUTPUT
+    text_of: Callable[[Any], str]
+    cut: Callable[[Any, str], Any]
+    message_of: Callable[[Any], BaseMessage | None]
+    prompt: Any = None  # the conversation the answer is judged after (None: not known)
+    check_prompt: bool = False  # act on the prompt's decision (surface input)
     prompt_text: str = ""  # the content a blocked prompt is reported with
 
 
-class _Blocked(Exception):
-    def __init__(self, items: list[Any]) -> None:
-        self.items = items
+class _Stream:
+    """State of one moderated stream (for clean-up by the drivers)."""
+
+    def __init__(self) -> None:
+        self.gate: StreamGate[Any] | None = None
 
 
-def _prompt_check(rules: StreamRules, session: Any) -> None:
-    if rules.prompt_surface is None:
-        return
-    decision = rules.policy.decide(getattr(session, "prompt_verdict", None), rules.prompt_surface)
-    if decision.blocked:
-        raise _Blocked(rules.on_block(decision, rules.prompt_text))
+class _ToolHold:
+    """Released chunks pass on until the first that carries tool-call data; from then on they
+    are held for the tool-call check at the end."""
+
+    def __init__(self, rules: StreamRules) -> None:
+        self.rules = rules
+        self.holding = False
+        self.held: list[Any] = []
+        self.messages: list[BaseMessage] = []
+
+    def pass_on(self, released: Sequence[list[Any]]) -> list[Any]:
+        out: list[Any] = []
+        for batch in released:
+            for item in batch:
+                message = self.rules.message_of(item)
+                if message is not None and has_tool_call_data(message):
+                    self.holding = True
+                    self.messages.append(message)
+                (self.held if self.holding else out).append(item)
+        return out
+
+    def items(self) -> list[tuple[list[dict[str, str]], Surface]]:
+        if not self.messages:
+            return []
+        merged = _merge(self.messages)
+        calls = [c for m in merged for c in tool_calls_of(m)]
+        return [(tool_call_conversation(c.name, c.arguments), Surface.TOOL_CALL) for c in calls]
 
 
-def _flag_check(rules: StreamRules, session: Any, update: Any) -> None:
-    if not getattr(update, "flagged", False):
-        return
-    decision = rules.policy.decide(getattr(update, "verdict", None), rules.output_surface)
-    if decision.blocked:
-        raise _Blocked(rules.on_block(decision, _response_text(session)))
-
-
-def _failure(
-    rules: StreamRules, gate: Gate[Any], exc: BaseException, surface: Surface, session: Any
-) -> None:
-    decision = failed(rules.policy, exc, surface)
-    if decision.blocked:
-        raise _Blocked(rules.on_block(decision, _response_text(session)))
-    gate.open = True  # fail-open: the rest passes unmoderated (a warning was issued)
-
-
-def _add_all(gate: Gate[T], batch: list[T], text_of: Callable[[T], str]) -> str:
-    """Queue the items of a batch; their text, to be fed in one step."""
-    texts = []
-    for item in batch:
-        text = text_of(item)
-        gate.add(item, text)
-        texts.append(text)
-    return "".join(texts)
-
-
-def _response_text(session: Any) -> str:
+def _merge(messages: list[BaseMessage]) -> list[BaseMessage]:
+    total: Any = messages[0]
     try:
-        return str(getattr(session, "response_text", "") or "")
-    except Exception:  # noqa: BLE001
-        return ""
+        for m in messages[1:]:
+            total = total + m
+    except TypeError:
+        return messages
+    return [total]
 
 
-def _close_quietly(session: Any) -> None:
-    if session is not None:
-        with contextlib.suppress(Exception):
-            session.close()
+def _cut_batch(rules: StreamRules, partial: tuple[list[Any], str] | None) -> list[Any]:
+    """The items of a batch before the flagged span (the last one cut)."""
+    if partial is None:
+        return []
+    batch, prefix = partial
+    out: list[Any] = []
+    used = 0
+    for item in batch:
+        text = rules.text_of(item)
+        if used + len(text) <= len(prefix):
+            if text:
+                out.append(item)
+            used += len(text)
+            continue
+        piece = prefix[used:]
+        if piece:
+            cut = rules.cut(item, piece)
+            if cut is not None:
+                out.append(cut)
+        break
+    return out
 
 
-async def _aclose_quietly(session: Any) -> None:
-    if session is not None:
-        with contextlib.suppress(Exception):
-            await session.aclose()
+def _moderation(
+    rules: StreamRules, state: _Stream, pull: Op
+) -> Core[None]:
+    """The shared core: yields Ops (guard calls, source reads) and lists of items to pass on."""
+    gate = yield from open_gate(rules.guard, rules.prompt, rules.policy,
+                                judge_prompt=rules.check_prompt)
+    state.gate = gate
+    if rules.check_prompt and gate.prompt_decision.blocked:
+        yield rules.on_block(gate.prompt_decision, rules.prompt_text)
+        return
+    tools = _ToolHold(rules)
+    step: GateStep[list[Any]]
+    while True:
+        batch = yield pull
+        if batch is _END:
+            break
+        texts = [rules.text_of(item) for item in batch]
+        step = yield Op(gate.feed, gate.afeed, batch, "".join(texts))
+        out = tools.pass_on(step.released)
+        if step.flagged:
+            yield from _blocked(rules, gate, step, out)
+            return
+        if out:
+            yield out
+    step = yield Op(gate.finish, gate.afinish)
+    out = tools.pass_on(step.released)
+    if step.flagged:
+        yield from _blocked(rules, gate, step, out)
+        return
+    if out:
+        yield out
+    items = tools.items()
+    if items:
+        decisions: list[Decision] = yield screen_batch_op(rules.guard, items, rules.policy)
+        for (conv, _), decision in zip(items, decisions):
+            if decision.blocked:
+                yield rules.on_block(decision, conv[-1]["content"] if conv else "")
+                return
+    if tools.held:
+        yield tools.held
+
+
+def _blocked(
+    rules: StreamRules, gate: StreamGate[Any], step: GateStep[list[Any]], out: list[Any]
+) -> Iterator[list[Any]]:
+    out = out + _cut_batch(rules, step.partial)
+    if out:
+        yield out
+    decision = step.decision or Decision(False, None, Surface.OUTPUT, "flagged")
+    content = gate.session.response_text if gate.session is not None else ""
+    yield rules.on_block(decision, content)
+
+
+def _prompt_only(rules: StreamRules, state: _Stream, pull: Op) -> Core[None]:
+    """The answer is not moderated: the prompt is judged (Gen) while the answer starts, and
+    nothing is passed on before it is allowed."""
+    if rules.check_prompt and rules.prompt is not None:
+        decision = yield from screen_prompt(rules.guard, rules.prompt, rules.policy)
+        if decision.blocked:
+            yield rules.on_block(decision, rules.prompt_text)
+            return
+    while True:
+        batch = yield pull
+        if batch is _END:
+            return
+        yield batch
 
 
 def moderate(
-    source: Iterator[T],
-    *,
-    open_session: Callable[[], Any],
-    text_of: Callable[[T], str],
-    rules: StreamRules,
+    source: Iterator[Any], rules: StreamRules, *, answer: bool = True
 ) -> Iterator[Any]:
-    """Pass ``source`` on, moderated. ``open_session`` is called after ``source`` has started
-    (so that the prompt check overlaps the wait for the first chunk)."""
-    pre = Prefetch(source)
-    session = None
-    gate: Gate[T] = Gate(rules.holdback_tokens)
+    """Pass ``source`` on, moderated (``answer=False``: only the prompt is judged). The gate
+    is opened (the prompt judged) while the first chunk is on its way."""
+    pre: Prefetch[Any] = Prefetch(source)
+    state = _Stream()
+    core = _moderation if answer else _prompt_only
     try:
-        try:
-            session = open_session()
-        except _FAILURES as exc:
-            _failure(rules, gate, exc, rules.prompt_surface or rules.output_surface, None)
-        if session is not None:
-            _prompt_check(rules, session)
-        for batch in pre.batches():
-            text = _add_all(gate, batch, text_of)
-            if text and session is not None and not gate.open:
-                try:
-                    update = session.feed_text(text)
-                except _FAILURES as exc:
-                    _failure(rules, gate, exc, rules.output_surface, session)
-                else:
-                    gate.observe(update)
-                    _flag_check(rules, session, update)
-            yield from gate.ready()
-        if session is not None and not gate.open:
-            try:
-                update = session.close()
-            except _FAILURES as exc:
-                _failure(rules, gate, exc, rules.output_surface, session)
-            else:
-                _flag_check(rules, session, update)
-        yield from gate.drain()
-    except _Blocked as blocked:
-        yield from blocked.items
+        yield from drive(core(rules, state, Op(pre.next_batch, _no_async)))
     finally:
         pre.stop()
-        _close_quietly(session)
+        if state.gate is not None and not state.gate.finished:
+            state.gate.abort()
 
 
 async def amoderate(
-    source: AsyncIterator[T],
-    *,
-    open_session: Callable[[], Any],
-    text_of: Callable[[T], str],
-    rules: StreamRules,
+    source: AsyncIterator[Any], rules: StreamRules, *, answer: bool = True
 ) -> AsyncIterator[Any]:
-    """The async form of :func:`moderate`; ``open_session`` returns an awaitable."""
-    pre = APrefetch(source)
-    session = None
-    gate: Gate[T] = Gate(rules.holdback_tokens)
+    """The async form of :func:`moderate`."""
+    pre: APrefetch[Any] = APrefetch(source)
+    state = _Stream()
+    core = _moderation if answer else _prompt_only
     try:
-        try:
-            session = await open_session()
-        except _FAILURES as exc:
-            _failure(rules, gate, exc, rules.prompt_surface or rules.output_surface, None)
-        if session is not None:
-            _prompt_check(rules, session)
-        async for batch in pre.batches():
-            text = _add_all(gate, batch, text_of)
-            if text and session is not None and not gate.open:
-                try:
-                    update = await session.afeed_text(text)
-                except _FAILURES as exc:
-                    _failure(rules, gate, exc, rules.output_surface, session)
-                else:
-                    gate.observe(update)
-                    _flag_check(rules, session, update)
-            for ready in gate.ready():
-                yield ready
-        if session is not None and not gate.open:
-            try:
-                update = await session.aclose()
-            except _FAILURES as exc:
-                _failure(rules, gate, exc, rules.output_surface, session)
-            else:
-                _flag_check(rules, session, update)
-        for ready in gate.drain():
-            yield ready
-    except _Blocked as blocked:
-        for item in blocked.items:
+        async for item in adrive(core(rules, state, Op(_no_sync, pre.anext_batch))):
             yield item
     finally:
         await pre.aclose()
-        await _aclose_quietly(session)
+        if state.gate is not None and not state.gate.finished:
+            await state.gate.aabort()
+
+
+def _no_async(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover
+    raise RuntimeError("a sync source read from async code")
+
+
+def _no_sync(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover
+    raise RuntimeError("an async source read from sync code")

@@ -4,15 +4,18 @@
     for chunk in llm.stream("...", config={"callbacks": [handler]}): ...
 
 - ``on_chat_model_start`` / ``on_llm_start``: the prompt is judged (surface ``input``) and a
-  Stream session is opened for the run;
-- ``on_llm_new_token``: each token is fed to the run's session; when the answer is flagged
-  the handler raises. LangChain calls ``on_llm_new_token`` *before* it yields the chunk, so
-  ``llm.stream()`` stops with :class:`qwen3guard.Qwen3GuardViolation` before the chunk that
-  made the flag reaches the caller (what came before it, within the debounce window, has
-  been yielded: to hold chunks back as well, use ``Qwen3GuardChatModel`` or
+  Stream session is opened for the run (a prompt the Stream model cannot take is judged by
+  Gen, in windows; a prompt the guard cannot read at all is blocked);
+- ``on_llm_new_token``: each token (its text and reasoning) is fed to the run's session; when
+  the answer is flagged the handler raises. LangChain calls ``on_llm_new_token`` *before* it
+  yields the chunk, so ``llm.stream()`` stops with :class:`qwen3guard.Qwen3GuardViolation`
+  before the chunk that made the flag reaches the caller (what came before it has been
+  yielded: to hold chunks back until they are settled, use ``Qwen3GuardChatModel`` or
   ``Qwen3GuardRunnable``);
 - ``on_llm_end``: the session is closed (its held-back text judged); an answer that was not
-  streamed is judged whole here, so ``invoke()`` raises instead of returning it;
+  streamed is judged whole here (text and reasoning), so ``invoke()`` raises instead of
+  returning it; the tool calls the model made (``bind_tools``, ``with_structured_output``,
+  invalid ones, ``additional_kwargs``) are judged on the surface ``tool_call``;
 - ``on_tool_start`` / ``on_tool_end``: the tool's input (surface ``tool_call``, before the
   tool runs) and its output (surface ``tool_result``, before the caller gets it);
 - ``on_retriever_end``: the retrieved documents (surface ``retrieval``, batched).
@@ -20,6 +23,9 @@
 Sessions are closed on ``on_llm_error`` and at the end of every run. ``raise_error`` is True:
 LangChain would otherwise log the violation and carry on. The guard's own model calls do not
 go through LangChain callbacks, so they never appear as LLM runs or tokens.
+
+:class:`Qwen3GuardCallbackHandler` and :class:`AsyncQwen3GuardCallbackHandler` share one
+core (generators that ask for guard calls); they differ only in how they wait.
 """
 
 from __future__ import annotations
@@ -41,38 +47,34 @@ from qwen3guard import (
     InvalidInputError,
     Policy,
     Qwen3Guard,
+    StreamSession,
     Surface,
+    get_default_guard,
 )
+from qwen3guard import content as _content
+from qwen3guard.guard import could_not_judge, raise_if_blocked
 
-from ._convert import UNKNOWN_PROMPT, GuardMessage, as_text, message_text, messages_to_guard
-from ._screen import (
-    ascreen,
-    ascreen_many,
-    failed,
-    policy_of,
-    resolve_guard,
-    screen,
-    screen_many,
-    violation,
+from ._convert import (
+    GuardMessage,
+    chunk_text,
+    message_content,
+    messages_to_guard,
+    text_of_value,
 )
-from .chat_model import _session_prompt
+from ._streaming import Core, Op, arun, run, screen_batch_op, screen_op, screen_prompt
 
 _FAILURES = (GuardUnavailableError, GuardOutputError)
 
 
 def tool_call_conversation(name: str | None, args: Any) -> list[GuardMessage]:
-    """How a tool call is judged: its arguments as a request made to the tool."""
-    text = as_text(args)
-    if not text.strip():
-        return []
-    return [{"role": "user", "content": f"{name}: {text}" if name else text}]
+    """How a tool call is judged (:func:`qwen3guard.content.tool_call_conversation`); LangChain
+    messages and documents are read as their text."""
+    return _content.tool_call_conversation(name, _plain(args))
 
 
 def tool_result_conversation(output: Any) -> list[GuardMessage]:
-    """How a tool result is judged: as input the model will read (a request, so that
-    injected instructions are judged as what they are)."""
-    text = as_text(output)
-    return [{"role": "user", "content": text}] if text.strip() else []
+    """How a tool result is judged (:func:`qwen3guard.content.tool_result_conversation`)."""
+    return _content.tool_result_conversation(_plain(output))
 
 
 def document_conversation(doc: Document | str) -> list[GuardMessage]:
@@ -80,7 +82,16 @@ def document_conversation(doc: Document | str) -> list[GuardMessage]:
     return [{"role": "user", "content": text}] if text.strip() else []
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, (BaseMessage, Document)):
+        return text_of_value(value)
+    return value
+
+
 class _Base:
+    """The shared core of both handlers: each hook is a generator that asks for guard calls
+    (:class:`langchain_qwen3guard._streaming.Op`) and raises when the policy blocks."""
+
     def __init__(
         self,
         guard: Qwen3Guard | None = None,
@@ -99,29 +110,26 @@ class _Base:
         self.check_tool_calls = check_tool_calls
         self.check_tool_results = check_tool_results
         self.check_retrieval = check_retrieval
-        self._sessions: dict[UUID, Any] = {}
+        self._sessions: dict[UUID, StreamSession] = {}
         self._lock = threading.Lock()
 
     @property
     def _guard(self) -> Qwen3Guard:
-        return resolve_guard(self.guard)
+        return self.guard if self.guard is not None else get_default_guard()
 
     @property
     def _policy(self) -> Policy:
-        return policy_of(self._guard, self.policy)
+        return self.policy if self.policy is not None else self._guard.policy
 
-    def _session_kwargs(self) -> dict[str, Any]:
-        return {"policy": self.policy} if self.policy is not None else {}
-
-    def _put(self, run_id: UUID, session: Any) -> None:
+    def _put(self, run_id: UUID, session: StreamSession) -> None:
         with self._lock:
             self._sessions[run_id] = session
 
-    def _get(self, run_id: UUID) -> Any:
+    def _get(self, run_id: UUID) -> StreamSession | None:
         with self._lock:
             return self._sessions.get(run_id)
 
-    def _pop(self, run_id: UUID) -> Any:
+    def _pop(self, run_id: UUID) -> StreamSession | None:
         with self._lock:
             return self._sessions.pop(run_id, None)
 
@@ -131,11 +139,132 @@ class _Base:
         with self._lock:
             return len(self._sessions)
 
-    def _check_flag(self, run_id: UUID, session: Any, update: Any) -> Decision | None:
-        if not getattr(update, "flagged", False):
-            return None
-        decision = self._policy.decide(update.verdict, Surface.OUTPUT)
-        return decision if decision.blocked else None
+    # -- the shared core ----------------------------------------------------------------------
+
+    def _open_op(self, prompt: list[GuardMessage] | None) -> Op:
+        g = self._guard
+        return Op(g.open_stream, g.aopen_stream, prompt, policy=self.policy)
+
+    def _start(self, run_id: UUID, prompt: list[GuardMessage]) -> Core[None]:
+        if not (self.check_input or self.check_output):
+            return
+        text = prompt[-1]["content"] if prompt else ""
+        if not self.check_output:
+            if prompt:
+                decision = yield from screen_prompt(self._guard, prompt, self.policy)
+                raise_if_blocked(decision, text)
+            return
+        session_prompt = _session_prompt(prompt)
+        gen_decision: Decision | None = None
+        try:
+            session: StreamSession = yield self._open_op(session_prompt)
+        except _FAILURES as exc:
+            raise_if_blocked(could_not_judge(self._policy, exc, Surface.INPUT), text)
+            return
+        except InvalidInputError as exc:  # too long for Stream even with Gen, or unreadable
+            if session_prompt is None:
+                raise
+            # The prompt is judged by Gen (windows) or blocked; the answer with no prompt.
+            # It never takes the verdict of a stand-in prompt.
+            if self.check_input:
+                gen_decision = yield from screen_prompt(self._guard, prompt, self.policy)
+                if gen_decision.allowed and gen_decision.verdict is None:
+                    gen_decision = Decision(False, None, Surface.INPUT,
+                                            f"cannot be judged: {exc}", error=exc)
+                raise_if_blocked(gen_decision, text)
+            try:
+                session = yield self._open_op(None)
+            except _FAILURES as exc2:
+                raise_if_blocked(could_not_judge(self._policy, exc2, Surface.INPUT), text)
+                return
+        if self.check_input and prompt and gen_decision is None:
+            decision = self._policy.decide(session.prompt_verdict, Surface.INPUT)
+            if decision.blocked:
+                yield Op(session.close, session.aclose)
+                raise_if_blocked(decision, text)
+        self._put(run_id, session)
+
+    def _token(self, run_id: UUID, token: Any, chunk: Any) -> Core[None]:
+        session = self._get(run_id)
+        text = _token_text(token, chunk)
+        if session is None or not text:
+            return
+        try:
+            update = yield Op(session.feed_text, session.afeed_text, text)
+        except _FAILURES as exc:
+            yield from self._fail(run_id, exc, session)
+            return
+        if update.flagged:
+            decision = self._flag_decision(update.verdict)
+            self._pop(run_id)
+            yield Op(session.close, session.aclose)
+            raise_if_blocked(decision, session.response_text)
+
+    def _end(self, response: LLMResult, run_id: UUID) -> Core[None]:
+        session = self._pop(run_id)
+        message = _generated_message(response)
+        if session is not None:
+            try:
+                if session.tokens_seen == 0 and not session.response_text:
+                    said = _generated_text(response, message)
+                    if said:
+                        yield Op(session.feed_text, session.afeed_text, said)
+                update = yield Op(session.close, session.aclose)
+            except _FAILURES as exc:
+                yield Op(session.close, session.aclose)
+                decision = could_not_judge(self._policy, exc, Surface.OUTPUT)
+                raise_if_blocked(decision, session.response_text)
+            else:
+                if update.flagged:
+                    raise_if_blocked(self._flag_decision(update.verdict), session.response_text)
+        if self.check_tool_calls and message is not None:
+            calls = message_content(message, non_text="skip").tool_calls
+            items = [(_content.tool_call_conversation(c.name, c.arguments), Surface.TOOL_CALL)
+                     for c in calls]
+            if items:
+                decisions = yield screen_batch_op(self._guard, items, self.policy)
+                for call, decision in zip(calls, decisions):
+                    raise_if_blocked(decision, call.render())
+
+    def _error(self, run_id: UUID) -> Core[None]:
+        session = self._pop(run_id)
+        if session is not None:
+            yield Op(session.close, session.aclose)
+
+    def _fail(self, run_id: UUID, exc: BaseException, session: StreamSession) -> Core[None]:
+        self._pop(run_id)
+        yield Op(session.close, session.aclose)
+        raise_if_blocked(could_not_judge(self._policy, exc, Surface.OUTPUT), "")
+
+    def _flag_decision(self, verdict: Any) -> Decision:
+        decision = self._policy.decide(verdict, Surface.OUTPUT)
+        if decision.allowed:  # the session flags only what its policy blocks
+            decision = Decision(False, verdict, Surface.OUTPUT, "flagged by the stream session")
+        return decision
+
+    def _tool_start(self, serialized: dict[str, Any], input_str: str,
+                    inputs: dict[str, Any] | None, kwargs: dict[str, Any]) -> Core[None]:
+        if not self.check_tool_calls:
+            return
+        name = (serialized or {}).get("name") or kwargs.get("name")
+        conv = tool_call_conversation(name, inputs if inputs is not None else input_str)
+        decision = yield screen_op(self._guard, conv, Surface.TOOL_CALL, self.policy)
+        raise_if_blocked(decision, conv[-1]["content"] if conv else input_str)
+
+    def _tool_end(self, output: Any) -> Core[None]:
+        if not self.check_tool_results:
+            return
+        conv = tool_result_conversation(output)
+        decision = yield screen_op(self._guard, conv, Surface.TOOL_RESULT, self.policy)
+        raise_if_blocked(decision, conv[-1]["content"] if conv else "")
+
+    def _retrieved(self, documents: Sequence[Document]) -> Core[None]:
+        if not self.check_retrieval or not documents:
+            return
+        items = [(document_conversation(d), Surface.RETRIEVAL) for d in documents]
+        decisions = yield screen_batch_op(self._guard, items, self.policy)
+        for doc, decision in zip(documents, decisions):
+            raise_if_blocked(decision, doc.page_content)
 
     @staticmethod
     def _prompt_of_llm(prompts: list[str]) -> list[GuardMessage]:
@@ -144,25 +273,6 @@ class _Base:
     @staticmethod
     def _prompt_of_chat(messages: list[list[BaseMessage]]) -> list[GuardMessage]:
         return messages_to_guard(messages[0]) if messages else []
-
-    @staticmethod
-    def _generated_text(response: LLMResult) -> str:
-        try:
-            gen = response.generations[0][0]
-        except IndexError:
-            return ""
-        if isinstance(gen, ChatGeneration):
-            return message_text(gen.message)
-        return gen.text or ""
-
-    @staticmethod
-    def _token_text(token: Any, chunk: Any) -> str:
-        if isinstance(token, str) and token:
-            return token
-        message = getattr(chunk, "message", None)
-        if isinstance(message, BaseMessage):
-            return message_text(message)
-        return token if isinstance(token, str) else ""
 
 
 class Qwen3GuardCallbackHandler(_Base, BaseCallbackHandler):
@@ -173,37 +283,6 @@ class Qwen3GuardCallbackHandler(_Base, BaseCallbackHandler):
     raise_error: bool = True
     run_inline: bool = True
 
-    # -- LLM runs ----------------------------------------------------------------------------
-
-    def _start(self, run_id: UUID, prompt: list[GuardMessage]) -> None:
-        if not (self.check_input or self.check_output):
-            return
-        if not self.check_output:
-            decision = screen(self.guard, self.policy, prompt, Surface.INPUT)
-            if decision.blocked:
-                raise violation(decision, prompt[-1]["content"] if prompt else "")
-            return
-        try:
-            session = self._open(prompt)
-        except _FAILURES as exc:
-            decision = failed(self._policy, exc, Surface.INPUT)
-            if decision.blocked:
-                raise violation(decision, "") from exc
-            return
-        if self.check_input and prompt:
-            decision = self._policy.decide(session.prompt_verdict, Surface.INPUT)
-            if decision.blocked:
-                session.close()
-                raise violation(decision, prompt[-1]["content"])
-        self._put(run_id, session)
-
-    def _open(self, prompt: list[GuardMessage]) -> Any:
-        guard, kw = self._guard, self._session_kwargs()
-        try:
-            return guard.open_stream(_session_prompt(prompt), **kw)
-        except InvalidInputError:
-            return guard.open_stream([{"role": "user", "content": UNKNOWN_PROMPT}], **kw)
-
     def on_chat_model_start(
         self,
         serialized: dict[str, Any],
@@ -212,63 +291,23 @@ class Qwen3GuardCallbackHandler(_Base, BaseCallbackHandler):
         run_id: UUID,
         **kwargs: Any,
     ) -> None:
-        self._start(run_id, self._prompt_of_chat(messages))
+        run(self._start(run_id, self._prompt_of_chat(messages)))
 
     def on_llm_start(
         self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any
     ) -> None:
-        self._start(run_id, self._prompt_of_llm(prompts))
+        run(self._start(run_id, self._prompt_of_llm(prompts)))
 
     def on_llm_new_token(
         self, token: str, *, chunk: Any = None, run_id: UUID, **kwargs: Any
     ) -> None:
-        session = self._get(run_id)
-        text = self._token_text(token, chunk)
-        if session is None or not text:
-            return
-        try:
-            update = session.feed_text(text)
-        except _FAILURES as exc:
-            self._fail(run_id, exc)
-            return
-        if (decision := self._check_flag(run_id, session, update)) is not None:
-            self._pop(run_id)
-            session.close()
-            raise violation(decision, session.response_text)
+        run(self._token(run_id, token, chunk))
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        session = self._pop(run_id)
-        if session is None:
-            return
-        try:
-            if session.tokens_seen == 0 and not session.response_text:
-                text = self._generated_text(response)
-                if text:
-                    session.feed_text(text)
-            update = session.close()
-        except _FAILURES as exc:
-            session.close()
-            decision = failed(self._policy, exc, Surface.OUTPUT)
-            if decision.blocked:
-                raise violation(decision, session.response_text) from exc
-            return
-        if (decision := self._check_flag(run_id, session, update)) is not None:
-            raise violation(decision, session.response_text)
+        run(self._end(response, run_id))
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        session = self._pop(run_id)
-        if session is not None:
-            session.close()
-
-    def _fail(self, run_id: UUID, exc: BaseException) -> None:
-        session = self._pop(run_id)
-        if session is not None:
-            session.close()
-        decision = failed(self._policy, exc, Surface.OUTPUT)
-        if decision.blocked:
-            raise violation(decision, "") from exc
-
-    # -- tools and retrievers ------------------------------------------------------------------
+        run(self._error(run_id))
 
     def on_tool_start(
         self,
@@ -279,35 +318,15 @@ class Qwen3GuardCallbackHandler(_Base, BaseCallbackHandler):
         inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if not self.check_tool_calls:
-            return
-        name = (serialized or {}).get("name") or kwargs.get("name")
-        conv = tool_call_conversation(name, inputs if inputs is not None else input_str)
-        decision = screen(self.guard, self.policy, conv, Surface.TOOL_CALL)
-        if decision.blocked:
-            raise violation(decision, conv[-1]["content"] if conv else input_str)
+        run(self._tool_start(serialized, input_str, inputs, kwargs))
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        if not self.check_tool_results:
-            return
-        conv = tool_result_conversation(output)
-        decision = screen(self.guard, self.policy, conv, Surface.TOOL_RESULT)
-        if decision.blocked:
-            raise violation(decision, conv[-1]["content"] if conv else "")
+        run(self._tool_end(output))
 
     def on_retriever_end(
         self, documents: Sequence[Document], *, run_id: UUID, **kwargs: Any
     ) -> None:
-        if not self.check_retrieval or not documents:
-            return
-        decisions = screen_many(
-            self.guard,
-            self.policy,
-            [(document_conversation(d), Surface.RETRIEVAL) for d in documents],
-        )
-        for doc, decision in zip(documents, decisions):
-            if decision.blocked:
-                raise violation(decision, doc.page_content)
+        run(self._retrieved(documents))
 
 
 class AsyncQwen3GuardCallbackHandler(_Base, AsyncCallbackHandler):
@@ -317,35 +336,6 @@ class AsyncQwen3GuardCallbackHandler(_Base, AsyncCallbackHandler):
     raise_error: bool = True
     run_inline: bool = True
 
-    async def _start(self, run_id: UUID, prompt: list[GuardMessage]) -> None:
-        if not (self.check_input or self.check_output):
-            return
-        if not self.check_output:
-            decision = await ascreen(self.guard, self.policy, prompt, Surface.INPUT)
-            if decision.blocked:
-                raise violation(decision, prompt[-1]["content"] if prompt else "")
-            return
-        try:
-            session = await self._aopen(prompt)
-        except _FAILURES as exc:
-            decision = failed(self._policy, exc, Surface.INPUT)
-            if decision.blocked:
-                raise violation(decision, "") from exc
-            return
-        if self.check_input and prompt:
-            decision = self._policy.decide(session.prompt_verdict, Surface.INPUT)
-            if decision.blocked:
-                await session.aclose()
-                raise violation(decision, prompt[-1]["content"])
-        self._put(run_id, session)
-
-    async def _aopen(self, prompt: list[GuardMessage]) -> Any:
-        guard, kw = self._guard, self._session_kwargs()
-        try:
-            return await guard.aopen_stream(_session_prompt(prompt), **kw)
-        except InvalidInputError:
-            return await guard.aopen_stream([{"role": "user", "content": UNKNOWN_PROMPT}], **kw)
-
     async def on_chat_model_start(
         self,
         serialized: dict[str, Any],
@@ -354,61 +344,23 @@ class AsyncQwen3GuardCallbackHandler(_Base, AsyncCallbackHandler):
         run_id: UUID,
         **kwargs: Any,
     ) -> None:
-        await self._start(run_id, self._prompt_of_chat(messages))
+        await arun(self._start(run_id, self._prompt_of_chat(messages)))
 
     async def on_llm_start(
         self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any
     ) -> None:
-        await self._start(run_id, self._prompt_of_llm(prompts))
+        await arun(self._start(run_id, self._prompt_of_llm(prompts)))
 
     async def on_llm_new_token(
         self, token: str, *, chunk: Any = None, run_id: UUID, **kwargs: Any
     ) -> None:
-        session = self._get(run_id)
-        text = self._token_text(token, chunk)
-        if session is None or not text:
-            return
-        try:
-            update = await session.afeed_text(text)
-        except _FAILURES as exc:
-            await self._afail(run_id, exc)
-            return
-        if (decision := self._check_flag(run_id, session, update)) is not None:
-            self._pop(run_id)
-            await session.aclose()
-            raise violation(decision, session.response_text)
+        await arun(self._token(run_id, token, chunk))
 
     async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
-        session = self._pop(run_id)
-        if session is None:
-            return
-        try:
-            if session.tokens_seen == 0 and not session.response_text:
-                text = self._generated_text(response)
-                if text:
-                    await session.afeed_text(text)
-            update = await session.aclose()
-        except _FAILURES as exc:
-            await session.aclose()
-            decision = failed(self._policy, exc, Surface.OUTPUT)
-            if decision.blocked:
-                raise violation(decision, session.response_text) from exc
-            return
-        if (decision := self._check_flag(run_id, session, update)) is not None:
-            raise violation(decision, session.response_text)
+        await arun(self._end(response, run_id))
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        session = self._pop(run_id)
-        if session is not None:
-            await session.aclose()
-
-    async def _afail(self, run_id: UUID, exc: BaseException) -> None:
-        session = self._pop(run_id)
-        if session is not None:
-            await session.aclose()
-        decision = failed(self._policy, exc, Surface.OUTPUT)
-        if decision.blocked:
-            raise violation(decision, "") from exc
+        await arun(self._error(run_id))
 
     async def on_tool_start(
         self,
@@ -419,32 +371,48 @@ class AsyncQwen3GuardCallbackHandler(_Base, AsyncCallbackHandler):
         inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if not self.check_tool_calls:
-            return
-        name = (serialized or {}).get("name") or kwargs.get("name")
-        conv = tool_call_conversation(name, inputs if inputs is not None else input_str)
-        decision = await ascreen(self.guard, self.policy, conv, Surface.TOOL_CALL)
-        if decision.blocked:
-            raise violation(decision, conv[-1]["content"] if conv else input_str)
+        await arun(self._tool_start(serialized, input_str, inputs, kwargs))
 
     async def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        if not self.check_tool_results:
-            return
-        conv = tool_result_conversation(output)
-        decision = await ascreen(self.guard, self.policy, conv, Surface.TOOL_RESULT)
-        if decision.blocked:
-            raise violation(decision, conv[-1]["content"] if conv else "")
+        await arun(self._tool_end(output))
 
     async def on_retriever_end(
         self, documents: Sequence[Document], *, run_id: UUID, **kwargs: Any
     ) -> None:
-        if not self.check_retrieval or not documents:
-            return
-        decisions = await ascreen_many(
-            self.guard,
-            self.policy,
-            [(document_conversation(d), Surface.RETRIEVAL) for d in documents],
-        )
-        for doc, decision in zip(documents, decisions):
-            if decision.blocked:
-                raise violation(decision, doc.page_content)
+        await arun(self._retrieved(documents))
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _session_prompt(conversation: list[GuardMessage]) -> list[GuardMessage] | None:
+    conv = list(conversation)
+    if conv and conv[-1]["role"] in ("assistant", "system"):
+        conv[-1] = {"role": "user", "content": conv[-1]["content"]}
+    return conv or None
+
+
+def _token_text(token: Any, chunk: Any) -> str:
+    """The text a streamed token adds: the chunk's text and reasoning when LangChain passes the
+    chunk, else the token string."""
+    message = getattr(chunk, "message", None)
+    if isinstance(message, BaseMessage):
+        return chunk_text(message)
+    return token if isinstance(token, str) else ""
+
+
+def _generated_message(response: LLMResult) -> BaseMessage | None:
+    try:
+        gen = response.generations[0][0]
+    except IndexError:
+        return None
+    return gen.message if isinstance(gen, ChatGeneration) else None
+
+
+def _generated_text(response: LLMResult, message: BaseMessage | None) -> str:
+    if message is not None:
+        return message_content(message).said
+    try:
+        return response.generations[0][0].text or ""
+    except IndexError:
+        return ""

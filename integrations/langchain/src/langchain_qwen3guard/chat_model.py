@@ -21,6 +21,7 @@ chunks do. (Callbacks attached to the wrapped model itself still fire.)
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -28,27 +29,42 @@ from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
     CallbackManagerForLLMRun,
 )
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from qwen3guard import Decision, InvalidInputError, Qwen3Guard, Surface
+from qwen3guard import (
+    METADATA_KEY,
+    Decision,
+    Policy,
+    Qwen3Guard,
+    Surface,
+    get_default_guard,
+)
+from qwen3guard.content import answer_conversation, as_text
+from qwen3guard.guard import raise_if_blocked
 
 from ._convert import (
-    METADATA_KEY,
-    UNKNOWN_PROMPT,
     GuardMessage,
-    answer_conversation,
-    decision_metadata,
+    chunk_text,
     format_violation,
-    message_text,
+    message_content,
     messages_to_guard,
 )
-from ._screen import ascreen, policy_of, resolve_guard, screen, violation
-from ._streaming import StreamRules, amoderate, moderate
+from ._streaming import (
+    Core,
+    Op,
+    StreamRules,
+    amoderate,
+    arun,
+    moderate,
+    run,
+    screen_op,
+    screen_prompt,
+)
 
 # The wrapped model runs with no LangChain callbacks: an empty list, not None, so that the
 # callbacks of an enclosing run (taken from the context) are not inherited either.
@@ -64,23 +80,38 @@ class Qwen3GuardChatModel(BaseChatModel):
         policy: a :class:`qwen3guard.Policy` for this model; ``None`` uses the guard's.
         check_input: judge the prompt (surface ``input``) when the session opens; the wrapped
             model starts at the same time, and nothing it says is passed on before the prompt
-            is allowed.
-        check_output: moderate the answer as it streams (surface ``output``).
+            is allowed. A prompt the Stream model cannot take is judged by Gen (in windows).
+        check_output: moderate the answer as it streams (surface ``output``: its text and
+            reasoning) and judge the tool calls it makes (surface ``tool_call``: a chunk that
+            carries tool-call data, and what follows it, is held until the aggregated calls are
+            judged).
         exit_behavior: ``"error"`` raises :class:`qwen3guard.Qwen3GuardViolation`;
             ``"replace"`` ends the answer with ``violation_message`` instead.
-        holdback_tokens: see :class:`langchain_qwen3guard.Qwen3GuardRunnable`.
+        hold_back_tokens: deprecated, no effect: what is held back is decided by the core
+            :class:`qwen3guard.StreamGate` (only text the session has settled is passed on).
+            ``holdback_tokens`` is its older (deprecated) name.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     llm: Runnable[Any, Any]
-    guard: Any = Field(default=None, exclude=True)
-    policy: Any = Field(default=None, exclude=True)
+    guard: Qwen3Guard | None = Field(default=None, exclude=True)
+    policy: Policy | None = Field(default=None, exclude=True)
     check_input: bool = True
     check_output: bool = True
     exit_behavior: Literal["error", "replace"] = "error"
     violation_message: str | None = None
-    holdback_tokens: int = 1
+    hold_back_tokens: int = 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        return renamed_hold_back(data)
+
+    @property
+    def holdback_tokens(self) -> int:
+        """Deprecated name of :attr:`hold_back_tokens`."""
+        return self.hold_back_tokens
 
     @model_validator(mode="after")
     def _inherit_profile(self) -> Qwen3GuardChatModel:
@@ -190,25 +221,9 @@ class Qwen3GuardChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        conversation = messages_to_guard(messages)
+        rules = self._rules(messages)
         source = self._inner_stream(messages, stop, kwargs)
-        guard = resolve_guard(self.guard)
-        if not self.check_output:
-            if self.check_input:
-                decision = screen(self.guard, self.policy, conversation, Surface.INPUT)
-                if decision.blocked:
-                    yield from self._blocked(decision, _last_text(conversation))
-                    return
-            yield from source
-            return
-        prompt = _session_prompt(conversation)
-        kw = self._session_kwargs()
-        yield from moderate(
-            source,
-            open_session=lambda: _open(guard, prompt, kw),
-            text_of=_chunk_text,
-            rules=self._rules(guard, conversation),
-        )
+        yield from moderate(source, rules, answer=self.check_output)
 
     async def _astream(
         self,
@@ -217,27 +232,9 @@ class Qwen3GuardChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        conversation = messages_to_guard(messages)
+        rules = self._rules(messages)
         source = self._inner_astream(messages, stop, kwargs)
-        guard = resolve_guard(self.guard)
-        if not self.check_output:
-            if self.check_input:
-                decision = await ascreen(self.guard, self.policy, conversation, Surface.INPUT)
-                if decision.blocked:
-                    for item in self._blocked(decision, _last_text(conversation)):
-                        yield item
-                    return
-            async for chunk in source:
-                yield chunk
-            return
-        prompt = _session_prompt(conversation)
-        kw = self._session_kwargs()
-        async for chunk in amoderate(
-            source,
-            open_session=lambda: _aopen(guard, prompt, kw),
-            text_of=_chunk_text,
-            rules=self._rules(guard, conversation),
-        ):
+        async for chunk in amoderate(source, rules, answer=self.check_output):
             yield chunk
 
     # -- internals ------------------------------------------------------------------------------
@@ -258,28 +255,50 @@ class Qwen3GuardChatModel(BaseChatModel):
         async for chunk in self.llm.astream(messages, config=dict(_INNER_CONFIG), **kwargs):
             yield _as_generation_chunk(chunk)
 
-    def _session_kwargs(self) -> dict[str, Any]:
-        return {"policy": self.policy} if self.policy is not None else {}
-
-    def _rules(self, guard: Qwen3Guard, conversation: list[GuardMessage]) -> StreamRules:
+    def _rules(self, messages: list[BaseMessage]) -> StreamRules:
+        # Every text of the prompt is read now: a shape the guard cannot read raises
+        # InvalidInputError before the wrapped model is called.
+        conversation = messages_to_guard(messages)
+        guard = self.guard if self.guard is not None else get_default_guard()
         return StreamRules(
-            policy=policy_of(guard, self.policy),
+            guard=guard,
+            policy=self.policy if self.policy is not None else guard.policy,
             on_block=self._blocked,
-            holdback_tokens=self.holdback_tokens,
-            prompt_surface=Surface.INPUT if self.check_input else None,
+            text_of=_chunk_text,
+            cut=_cut,
+            message_of=_message_of,
+            prompt=_session_prompt(conversation),
+            check_prompt=self.check_input,
             prompt_text=_last_text(conversation),
         )
 
     def _blocked(self, decision: Decision, content: str) -> list[ChatGenerationChunk]:
         if self.exit_behavior != "replace":
-            raise violation(decision, content)
+            raise_if_blocked(decision, content)
         text = format_violation(self.violation_message, decision)
-        meta = {METADATA_KEY: decision_metadata(decision)}
+        meta = {METADATA_KEY: decision.to_dict()}
         return [
             ChatGenerationChunk(
                 message=AIMessageChunk(content=text, response_metadata=meta), generation_info=meta
             )
         ]
+
+
+def renamed_hold_back(data: Any) -> Any:
+    """``holdback_tokens=`` (the name the README of 0.1 used) as ``hold_back_tokens``; both
+    are deprecated and have no effect (the core gate decides what is held back)."""
+    if isinstance(data, dict) and "holdback_tokens" in data:
+        data = dict(data)
+        value = data.pop("holdback_tokens")
+        data.setdefault("hold_back_tokens", value)
+        if value != 1:
+            warnings.warn(
+                "holdback_tokens is deprecated and has no effect: only text the guard has "
+                "settled is passed on (qwen3guard.StreamGate)",
+                DeprecationWarning,
+                stacklevel=4,
+            )
+    return data
 
 
 class _GuardedStructured(Runnable[Any, Any]):
@@ -289,40 +308,27 @@ class _GuardedStructured(Runnable[Any, Any]):
         self.guarded = guarded
         self.structured = structured
 
-    def _conversation(self, input: LanguageModelInput) -> list[GuardMessage]:
-        return messages_to_guard(self.guarded._convert_input(input).to_messages())
+    def _core(self, input: Any, config: RunnableConfig | None, kwargs: dict[str, Any]) -> Core[Any]:
+        g = self.guarded
+        guard = g.guard if g.guard is not None else get_default_guard()
+        conv = messages_to_guard(g._convert_input(input).to_messages())
+        if g.check_input and conv:
+            decision = yield from screen_prompt(guard, _session_prompt(conv), g.policy)
+            raise_if_blocked(decision, _last_text(conv))
+        result = yield Op(self.structured.invoke, self.structured.ainvoke, input, config,
+                          **kwargs)
+        if g.check_output:
+            text = structured_text(result)
+            answer = answer_conversation(conv, text)
+            decision = yield screen_op(guard, answer, Surface.OUTPUT, g.policy)
+            raise_if_blocked(decision, text)
+        return result
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        g = self.guarded
-        conv = self._conversation(input)
-        if g.check_input:
-            decision = screen(g.guard, g.policy, conv, Surface.INPUT)
-            if decision.blocked:
-                raise violation(decision, _last_text(conv))
-        result = self.structured.invoke(input, config, **kwargs)
-        if g.check_output:
-            text = _structured_text(result)
-            decision = screen(g.guard, g.policy, answer_conversation(conv, text), Surface.OUTPUT)
-            if decision.blocked:
-                raise violation(decision, text)
-        return result
+        return run(self._core(input, config, kwargs))
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        g = self.guarded
-        conv = self._conversation(input)
-        if g.check_input:
-            decision = await ascreen(g.guard, g.policy, conv, Surface.INPUT)
-            if decision.blocked:
-                raise violation(decision, _last_text(conv))
-        result = await self.structured.ainvoke(input, config, **kwargs)
-        if g.check_output:
-            text = _structured_text(result)
-            decision = await ascreen(
-                g.guard, g.policy, answer_conversation(conv, text), Surface.OUTPUT
-            )
-            if decision.blocked:
-                raise violation(decision, text)
-        return result
+        return await arun(self._core(input, config, kwargs))
 
 
 def guard_chat_model(
@@ -374,46 +380,46 @@ def _as_generation_chunk(chunk: Any) -> ChatGenerationChunk:
 
 
 def _chunk_text(chunk: ChatGenerationChunk) -> str:
-    return message_text(chunk.message)
+    return chunk_text(chunk.message)
 
 
-def _session_prompt(conversation: list[GuardMessage]) -> list[GuardMessage]:
+def _message_of(chunk: ChatGenerationChunk) -> BaseMessage:
+    return chunk.message
+
+
+def _cut(chunk: ChatGenerationChunk, text: str) -> ChatGenerationChunk:
+    """The chunk's text before a flagged span, without its other data."""
+    return ChatGenerationChunk(message=AIMessageChunk(content=text, id=chunk.message.id))
+
+
+def _session_prompt(conversation: list[GuardMessage]) -> list[GuardMessage] | None:
     """The conversation a Stream session is opened with: the model's input, its last turn
     judged as the request (a trailing assistant or system turn is what the model continues
-    from)."""
+    from); None when there is none."""
     conv = list(conversation)
     if conv and conv[-1]["role"] in ("assistant", "system"):
         conv[-1] = {"role": "user", "content": conv[-1]["content"]}
-    return conv or [{"role": "user", "content": UNKNOWN_PROMPT}]
-
-
-def _open(guard: Qwen3Guard, prompt: list[GuardMessage], kw: dict[str, Any]) -> Any:
-    try:
-        return guard.open_stream(prompt, **kw)
-    except InvalidInputError:
-        return guard.open_stream([{"role": "user", "content": UNKNOWN_PROMPT}], **kw)
-
-
-async def _aopen(guard: Qwen3Guard, prompt: list[GuardMessage], kw: dict[str, Any]) -> Any:
-    try:
-        return await guard.aopen_stream(prompt, **kw)
-    except InvalidInputError:
-        return await guard.aopen_stream([{"role": "user", "content": UNKNOWN_PROMPT}], **kw)
+    return conv or None
 
 
 def _last_text(conversation: list[GuardMessage]) -> str:
     return conversation[-1]["content"] if conversation else ""
 
 
-def _structured_text(result: Any) -> str:
+def structured_text(result: Any) -> str:
+    """The text of a structured output, as the LLM emitted it: a parsed object as JSON, a raw
+    message with everything it holds (tool calls included)."""
     if isinstance(result, dict) and "parsed" in result and "raw" in result:
-        parsed = result.get("parsed")
-        result = parsed if parsed is not None else result.get("raw")
+        parts = []
+        if result.get("parsed") is not None:
+            parts.append(structured_text(result["parsed"]))
+        if result.get("raw") is not None:
+            parts.append(structured_text(result["raw"]))
+        return "\n".join(p for p in parts if p.strip())
     if isinstance(result, BaseMessage):
-        return message_text(result) or json.dumps(getattr(result, "tool_calls", []), default=str)
+        return message_content(result).full_text
     if isinstance(result, BaseModel):
         return result.model_dump_json()
-    try:
-        return json.dumps(result, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        return str(result)
+    return as_text(result)
+
+

@@ -12,6 +12,7 @@ Allowed content passes through unchanged (the same object). Blocked content rais
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,24 +26,30 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Base
 from langchain_core.prompt_values import ChatPromptValue, PromptValue, StringPromptValue
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import ensure_config
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
-from qwen3guard import Decision, Surface
+from qwen3guard import (
+    METADATA_KEY,
+    Decision,
+    Policy,
+    Qwen3Guard,
+    Surface,
+    get_default_guard,
+)
+from qwen3guard.content import answer_conversation, items_to_judge
+from qwen3guard.guard import raise_if_blocked
 
 from ._convert import (
-    METADATA_KEY,
-    UNKNOWN_PROMPT,
     GuardMessage,
-    answer_conversation,
-    decision_metadata,
+    chunk_text,
     format_violation,
-    message_text,
-    message_to_guard,
+    message_content,
     messages_to_guard,
+    role_of_message,
     to_messages,
 )
-from ._screen import ascreen, ascreen_many, policy_of, resolve_guard, screen, screen_many, violation
-from ._streaming import StreamRules, amoderate, moderate
+from ._streaming import Core, StreamRules, amoderate, arun, moderate, run, screen_batch_op
+from .chat_model import renamed_hold_back
 
 RoleOption = Literal["auto", "prompt", "response"]
 
@@ -53,11 +60,16 @@ PROMPT_CONFIG_KEY = "qwen3guard_prompt"
 _MISSING = object()
 
 
+Item = tuple[list[GuardMessage], Surface]
+
+
 @dataclass
 class _Target:
-    """What to judge in one input, and how to rebuild it with a replacement text."""
+    """What to judge in one input (``(conversation, surface)`` items: an answer's text on
+    ``output``, each of its tool calls on ``tool_call``; a request on ``input``), and how to
+    rebuild the input with a replacement text."""
 
-    conversation: list[GuardMessage]
+    items: list[Item]
     surface: Surface
     text: str
     replace: Callable[[str, Decision], Any]
@@ -86,35 +98,49 @@ class Qwen3GuardRunnable(RunnableSerializable[Any, Any]):
         input_key / output_key: for dict values: the key holding the prompt / the answer.
             With both set, ``role="auto"`` judges ``output_key`` as an answer to
             ``input_key`` when the dict has it, else ``input_key`` as a prompt.
-        holdback_tokens: when streaming, how many scored tokens a chunk must be followed by
-            before it is passed on (on top of the text the session has not scored yet).
-            ``1`` (the default) means the span the debounce flags is never passed on.
+        hold_back_tokens: deprecated, no effect (``holdback_tokens``: its older name): the
+            core :class:`qwen3guard.StreamGate` passes on only text the session has settled.
+
+    What is judged: every text of the value (:mod:`qwen3guard.content`): text, reasoning /
+    thinking blocks, and for an answer each tool call (well-formed, invalid, or in
+    ``additional_kwargs``) on the surface ``tool_call``. A content block the guard cannot
+    read (an image, an unknown type) raises :class:`qwen3guard.InvalidInputError`.
 
     The prompt of an answer: a response is judged in the light of its question when the
     runnable can see it: the earlier turns of a message list, ``input_key`` of a dict, or
     ``config["configurable"]["qwen3guard_prompt"]`` (a string or messages). In
     ``prompt | llm | Qwen3GuardRunnable()`` the LLM's output does not carry its prompt, so
-    the answer is judged on its own (a Stream session is opened with a neutral placeholder
-    question) unless the prompt is passed that way.
+    the answer is judged on its own (with no prompt) unless the prompt is passed that way.
 
     Streaming (``stream`` / ``astream`` / inside a streamed chain): an answer is fed chunk by
     chunk to a Qwen3Guard-Stream session and each chunk is passed on, unchanged and in
-    order, as soon as it has been scored (holding back only the re-tokenizer's unstable tail
-    and ``holdback_tokens``); when the answer is flagged the stream stops there. A prompt is
-    never streamed: it is judged whole.
+    order, as soon as the core gate has settled its text; when the answer is flagged the
+    stream stops there (the text before the flagged span is passed on cut). Tool-call chunks
+    are held until the aggregated tool calls have been judged. A prompt is never streamed: it
+    is judged whole.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     name: str | None = "Qwen3Guard"
-    guard: Any = Field(default=None, exclude=True)
-    policy: Any = Field(default=None, exclude=True)
+    guard: Qwen3Guard | None = Field(default=None, exclude=True)
+    policy: Policy | None = Field(default=None, exclude=True)
     role: RoleOption = "auto"
     exit_behavior: Literal["error", "replace"] = "error"
     violation_message: str | None = None
     input_key: str | None = None
     output_key: str | None = None
-    holdback_tokens: int = 1
+    hold_back_tokens: int = 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        return renamed_hold_back(data)
+
+    @property
+    def holdback_tokens(self) -> int:
+        """Deprecated name of :attr:`hold_back_tokens`."""
+        return self.hold_back_tokens
 
     @classmethod
     def is_lc_serializable(cls) -> bool:
@@ -136,14 +162,31 @@ class Qwen3GuardRunnable(RunnableSerializable[Any, Any]):
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return await self._acall_with_config(self._ainvoke, input, config, **kwargs)
 
+    def _guard(self) -> Qwen3Guard:
+        return self.guard if self.guard is not None else get_default_guard()
+
+    def _judge(self, targets: Sequence[_Target]) -> Core[list[Decision]]:
+        """One decision per target, from one batched guard call over all their items."""
+        items = [item for t in targets for item in t.items]
+        decisions: list[Decision] = []
+        if items:
+            decisions = yield screen_batch_op(self._guard(), items, self.policy)
+        out: list[Decision] = []
+        pos = 0
+        for t in targets:
+            mine = decisions[pos : pos + len(t.items)]
+            pos += len(t.items)
+            out.append(_worst(mine, t.surface))
+        return out
+
     def _invoke(self, input: Any, config: RunnableConfig) -> Any:
         target = self._target(input, config)
-        decision = screen(self.guard, self.policy, target.conversation, target.surface)
+        (decision,) = run(self._judge([target]))
         return self._outcome(input, target, decision)
 
     async def _ainvoke(self, input: Any, config: RunnableConfig) -> Any:
         target = self._target(input, config)
-        decision = await ascreen(self.guard, self.policy, target.conversation, target.surface)
+        (decision,) = await arun(self._judge([target]))
         return self._outcome(input, target, decision)
 
     def _outcome(self, input: Any, target: _Target, decision: Decision) -> Any:
@@ -151,7 +194,8 @@ class Qwen3GuardRunnable(RunnableSerializable[Any, Any]):
             return input
         if self.exit_behavior == "replace":
             return target.replace(format_violation(self.violation_message, decision), decision)
-        raise violation(decision, target.text)
+        raise_if_blocked(decision, target.text)
+        return input
 
     # -- batch ----------------------------------------------------------------------------------
 
@@ -163,7 +207,7 @@ class Qwen3GuardRunnable(RunnableSerializable[Any, Any]):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
-        """Judge all inputs in one batched guard call (``Qwen3Guard.check_batch``)."""
+        """Judge all inputs in one batched guard call (``Qwen3Guard.screen_batch``)."""
         return self._batch_with_config(
             self._batch, inputs, config, return_exceptions=return_exceptions, **kwargs
         )
@@ -216,8 +260,8 @@ class Qwen3GuardRunnable(RunnableSerializable[Any, Any]):
         config: list[RunnableConfig],
     ) -> list[Any]:
         targets, todo = self._plan_batch(inputs, config)
-        items = [(targets[i].conversation, targets[i].surface) for i in todo]  # type: ignore[union-attr]
-        decisions = screen_many(self.guard, self.policy, items) if items else []
+        judged = [t for t in targets if isinstance(t, _Target)]
+        decisions = run(self._judge(judged))
         return self._finish_batch(inputs, targets, todo, decisions)
 
     async def _abatch(
@@ -227,8 +271,8 @@ class Qwen3GuardRunnable(RunnableSerializable[Any, Any]):
         config: list[RunnableConfig],
     ) -> list[Any]:
         targets, todo = self._plan_batch(inputs, config)
-        items = [(targets[i].conversation, targets[i].surface) for i in todo]  # type: ignore[union-attr]
-        decisions = await ascreen_many(self.guard, self.policy, items) if items else []
+        judged = [t for t in targets if isinstance(t, _Target)]
+        decisions = await arun(self._judge(judged))
         return self._finish_batch(inputs, targets, todo, decisions)
 
     # -- streaming ------------------------------------------------------------------------------
@@ -277,15 +321,7 @@ class Qwen3GuardRunnable(RunnableSerializable[Any, Any]):
         if not streamed:
             yield self._invoke(_merge(source), config)
             return
-        guard = resolve_guard(self.guard)
-        prompt = self._stream_prompt(first, config)
-        kw = {"policy": self.policy} if self.policy is not None else {}
-        yield from moderate(
-            source,
-            open_session=lambda: guard.open_stream(prompt, **kw),
-            text_of=self._chunk_text,
-            rules=self._rules(first),
-        )
+        yield from moderate(source, self._rules(first, config))
 
     async def _atransform(
         self,
@@ -317,15 +353,7 @@ class Qwen3GuardRunnable(RunnableSerializable[Any, Any]):
                 merged = c if merged is _MISSING else _add(merged, c)
             yield await self._ainvoke(merged, config)
             return
-        guard = resolve_guard(self.guard)
-        prompt = self._stream_prompt(first, config)
-        kw = {"policy": self.policy} if self.policy is not None else {}
-        async for chunk in amoderate(
-            source(),
-            open_session=lambda: guard.aopen_stream(prompt, **kw),
-            text_of=self._chunk_text,
-            rules=self._rules(first),
-        ):
+        async for chunk in amoderate(source(), self._rules(first, config)):
             yield chunk
 
     def _streams(self, first: Any) -> bool | None:
@@ -350,25 +378,39 @@ class Qwen3GuardRunnable(RunnableSerializable[Any, Any]):
             return True if self.role == "response" else None
         return False
 
-    def _chunk_text(self, chunk: Any) -> str:
+    def _inner(self, chunk: Any) -> Any:
         if isinstance(chunk, Mapping):
-            chunk = chunk.get(self.output_key) if self.output_key else None
-            if chunk is None:
-                return ""
-        if isinstance(chunk, str):
-            return chunk
-        if isinstance(chunk, BaseMessage):
-            return message_text(chunk)
+            return chunk.get(self.output_key) if self.output_key else None
+        return chunk
+
+    def _chunk_text(self, chunk: Any) -> str:
+        inner = self._inner(chunk)
+        if isinstance(inner, str):
+            return inner
+        if isinstance(inner, BaseMessage):
+            return chunk_text(inner)
         return ""
 
-    def _rules(self, first: Any) -> StreamRules:
-        guard = resolve_guard(self.guard)
+    def _message_of(self, chunk: Any) -> BaseMessage | None:
+        inner = self._inner(chunk)
+        return inner if isinstance(inner, BaseMessage) else None
+
+    def _cut(self, chunk: Any, text: str) -> Any:
+        if isinstance(chunk, Mapping):
+            key = self.output_key or ""
+            return {**chunk, key: self._cut(chunk.get(key), text)}
+        if isinstance(chunk, BaseMessage):
+            return AIMessageChunk(content=text, id=chunk.id)
+        return text
+
+    def _rules(self, first: Any, config: RunnableConfig) -> StreamRules:
+        guard = self._guard()
 
         def on_block(decision: Decision, text: str) -> list[Any]:
             if self.exit_behavior != "replace":
-                raise violation(decision, text)
+                raise_if_blocked(decision, text)
             msg = format_violation(self.violation_message, decision)
-            meta = {METADATA_KEY: decision_metadata(decision)}
+            meta = {METADATA_KEY: decision.to_dict()}
             if isinstance(first, Mapping):
                 key = self.output_key or ""
                 return [
@@ -383,17 +425,20 @@ class Qwen3GuardRunnable(RunnableSerializable[Any, Any]):
             return [msg]
 
         return StreamRules(
-            policy=policy_of(guard, self.policy),
+            guard=guard,
+            policy=self.policy if self.policy is not None else guard.policy,
             on_block=on_block,
-            holdback_tokens=self.holdback_tokens,
-            prompt_surface=None,
+            text_of=self._chunk_text,
+            cut=self._cut,
+            message_of=self._message_of,
+            prompt=self._stream_prompt(first, config),
         )
 
-    def _stream_prompt(self, first: Any, config: RunnableConfig) -> list[GuardMessage]:
+    def _stream_prompt(self, first: Any, config: RunnableConfig) -> list[GuardMessage] | None:
         hint = _prompt_hint(config)
         if isinstance(first, Mapping) and self.input_key and self.input_key in first:
             hint = _as_prompt(first[self.input_key]) or hint
-        return hint or [{"role": "user", "content": UNKNOWN_PROMPT}]
+        return hint or None
 
     # -- what to judge --------------------------------------------------------------------------
 
@@ -433,7 +478,7 @@ class Qwen3GuardRunnable(RunnableSerializable[Any, Any]):
         def replace(text: str, decision: Decision) -> Any:
             return {**value, key: inner.replace(text, decision)}
 
-        return _Target(inner.conversation, inner.surface, inner.text, replace)
+        return _Target(inner.items, inner.surface, inner.text, replace)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -453,7 +498,20 @@ def _as_prompt(value: Any) -> list[GuardMessage]:
 
 
 def _meta(decision: Decision) -> dict[str, Any]:
-    return {METADATA_KEY: decision_metadata(decision)}
+    return {METADATA_KEY: decision.to_dict()}
+
+
+def _worst(decisions: Sequence[Decision], surface: Surface) -> Decision:
+    """The first blocking decision, else the one for the value's own surface."""
+    for d in decisions:
+        if d.blocked:
+            return d
+    for d in decisions:
+        if d.surface is surface:
+            return d
+    if decisions:
+        return decisions[0]
+    return Decision(True, None, surface, "nothing to judge")
 
 
 def _replace_message(message: BaseMessage, text: str, decision: Decision) -> BaseMessage:
@@ -469,20 +527,15 @@ def _replace_message(message: BaseMessage, text: str, decision: Decision) -> Bas
 
 
 def _value_target(value: Any, role: RoleOption, hint: list[GuardMessage]) -> _Target:
-    if isinstance(value, StringPromptValue):
-        value_text = value.text
+    if isinstance(value, (str, StringPromptValue)):
+        text = value.text if isinstance(value, StringPromptValue) else value
         surface = Surface.OUTPUT if role == "response" else Surface.INPUT
-        return _Target(
-            _text_conversation(value_text, surface, hint),
-            surface,
-            value_text,
-            lambda text, d: StringPromptValue(text=text),
-        )
-    if isinstance(value, str):
-        surface = Surface.OUTPUT if role == "response" else Surface.INPUT
-        return _Target(
-            _text_conversation(value, surface, hint), surface, value, lambda text, d: text
-        )
+        conv = _text_conversation(text, surface, hint)
+
+        def replace_text(new: str, d: Decision) -> Any:
+            return StringPromptValue(text=new) if isinstance(value, StringPromptValue) else new
+
+        return _Target([(conv, surface)] if conv else [], surface, text, replace_text)
     msgs = to_messages(value)
     if not msgs:
         raise TypeError(
@@ -491,18 +544,20 @@ def _value_target(value: Any, role: RoleOption, hint: list[GuardMessage]) -> _Ta
         )
     last = msgs[-1]
     if role == "auto":
-        role = "response" if last.type in ("ai", "AIMessageChunk") else "prompt"
+        role = "response" if role_of_message(last) == "assistant" else "prompt"
+    items: list[Item]
     if role == "response":
         surface = Surface.OUTPUT
-        judged = message_to_guard(last)
-        text = judged["content"] if judged else ""
-        conversation = answer_conversation(messages_to_guard(msgs[:-1]) or hint, text)
+        content = dataclasses.replace(message_content(last), role="assistant")
+        items = items_to_judge(content, messages_to_guard(msgs[:-1]) or hint)
+        text = content.full_text
     else:
         surface = Surface.INPUT
         conversation = messages_to_guard(msgs)
         if conversation and conversation[-1]["role"] in ("system", "assistant"):
             # judge the last turn as the request it is for the next model
             conversation[-1] = {"role": "user", "content": conversation[-1]["content"]}
+        items = [(conversation, surface)] if conversation else []
         text = conversation[-1]["content"] if conversation else ""
 
     def replace(new_text: str, decision: Decision) -> Any:
@@ -514,7 +569,7 @@ def _value_target(value: Any, role: RoleOption, hint: list[GuardMessage]) -> _Ta
             return ChatPromptValue(messages=new_msgs)
         return new_msgs
 
-    return _Target(conversation, surface, text, replace)
+    return _Target(items, surface, text, replace)
 
 
 def _text_conversation(text: str, surface: Surface, hint: list[GuardMessage]) -> list[GuardMessage]:
