@@ -5,12 +5,25 @@
 Each document is judged as *retrieval* content, as input the model will read (prompt mode,
 the mode that names ``Jailbreak``: instructions planted in a document for the model to follow,
 i.e. indirect prompt injection). All documents of a call (of all inputs, for ``batch``) are
-judged in one batched guard call.
+judged in one batched guard call (``Qwen3Guard.screen_batch``): a document that cannot be judged
+(a lone surrogate in its text) fails alone, blocked with the reason in ``decision.error``, and
+the others are judged.
+
+**What of a document is judged: the text that reaches the LLM.** LangChain has no notion of
+"LLM-visible" metadata (LlamaIndex's ``excluded_llm_metadata_keys``): a retriever chain decides
+by how it formats documents, and ``format_document`` / ``create_stuff_documents_chain`` with a
+``document_prompt`` such as ``"[{source}] {page_content}"`` put metadata into the prompt. So the
+judged text is the metadata, one ``key: value`` line each, then a blank line and
+``page_content`` (the shape LlamaIndex's ``MetadataMode.LLM`` renders). ``metadata_keys``
+chooses the entries: ``None`` (default) every entry whose value holds text (a string, or a
+list / mapping with strings in it, written as JSON), ``[...]`` only those keys (the ones your
+document prompt uses), ``[]`` none (page content only). The decision this filter records
+(``"qwen3guard"``) is never judged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from langchain_core.callbacks import (
@@ -21,11 +34,18 @@ from langchain_core.documents import Document
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from pydantic import ConfigDict, Field
 
-from qwen3guard import Decision, Surface
+from qwen3guard import (
+    METADATA_KEY,
+    Decision,
+    Policy,
+    Qwen3Guard,
+    Surface,
+    UnsafeContentError,
+    get_default_guard,
+)
+from qwen3guard.content import as_text
 
-from ._convert import METADATA_KEY, decision_metadata
-from ._screen import ascreen_many, screen_many, violation
-from .callbacks import document_conversation
+Item = tuple[list[dict[str, str]], Surface]
 
 
 class Qwen3GuardDocumentFilter(RunnableSerializable[Sequence[Document], list[Document]]):
@@ -36,8 +56,11 @@ class Qwen3GuardDocumentFilter(RunnableSerializable[Sequence[Document], list[Doc
         policy: a :class:`qwen3guard.Policy` for this filter; ``None`` uses the guard's.
         action: ``"drop"`` (default) leaves blocked documents out; ``"annotate"`` keeps every
             document and records the decision in ``doc.metadata["qwen3guard"]``
-            (``allowed``, ``surface``, ``reason``, ``verdict``); ``"raise"`` raises
+            (:meth:`qwen3guard.Decision.to_dict`: ``allowed``, ``surface``, ``reason``,
+            ``verdict``, ``error``, ...); ``"raise"`` raises
             :class:`qwen3guard.Qwen3GuardViolation` for the first blocked document.
+        metadata_keys: which metadata is judged with the page content (see the module
+            docstring): ``None`` every text-valued entry, a list only those keys.
 
     Documents are never modified in place: annotated documents are copies.
     """
@@ -45,9 +68,10 @@ class Qwen3GuardDocumentFilter(RunnableSerializable[Sequence[Document], list[Doc
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     name: str | None = "Qwen3GuardDocumentFilter"
-    guard: Any = Field(default=None, exclude=True)
-    policy: Any = Field(default=None, exclude=True)
+    guard: Qwen3Guard | None = Field(default=None, exclude=True)
+    policy: Policy | None = Field(default=None, exclude=True)
     action: Literal["drop", "annotate", "raise"] = "drop"
+    metadata_keys: list[str] | None = None
 
     @classmethod
     def is_lc_serializable(cls) -> bool:
@@ -119,24 +143,44 @@ class Qwen3GuardDocumentFilter(RunnableSerializable[Sequence[Document], list[Doc
             groups.append(docs)
         return groups
 
+    def _judged(self, doc: Document) -> str:
+        """The text of ``doc`` that reaches the LLM: metadata lines, then the page content."""
+        lines = []
+        keys = self.metadata_keys if self.metadata_keys is not None else list(doc.metadata)
+        for key in keys:
+            if key == METADATA_KEY or key not in doc.metadata:
+                continue
+            value = doc.metadata[key]
+            if self.metadata_keys is None and not _holds_text(value):
+                continue
+            lines.append(f"{key}: {as_text(value)}")
+        text = doc.page_content
+        return "\n".join(lines) + "\n\n" + text if lines else text
+
+    def _plan(self, inputs: list[Sequence[Document]]) -> tuple[list[list[Document]], list[Item]]:
+        groups = self._items(inputs)
+        items: list[Item] = [
+            ([{"role": "user", "content": self._judged(d)}], Surface.RETRIEVAL)
+            for g in groups
+            for d in g
+        ]
+        return groups, items
+
+    def _guard(self) -> Qwen3Guard:
+        return self.guard if self.guard is not None else get_default_guard()
+
     def _filter_many(
         self, inputs: list[Sequence[Document]], per_item_errors: bool = False
     ) -> list[Any]:
-        groups = self._items(inputs)
-        flat = [d for g in groups for d in g]
-        decisions = screen_many(
-            self.guard, self.policy, [(document_conversation(d), Surface.RETRIEVAL) for d in flat]
-        )
+        groups, items = self._plan(inputs)
+        decisions = self._guard().screen_batch(items, policy=self.policy) if items else []
         return self._apply(groups, decisions, per_item_errors)
 
     async def _afilter_many(
         self, inputs: list[Sequence[Document]], per_item_errors: bool = False
     ) -> list[Any]:
-        groups = self._items(inputs)
-        flat = [d for g in groups for d in g]
-        decisions = await ascreen_many(
-            self.guard, self.policy, [(document_conversation(d), Surface.RETRIEVAL) for d in flat]
-        )
+        groups, items = self._plan(inputs)
+        decisions = await self._guard().ascreen_batch(items, policy=self.policy) if items else []
         return self._apply(groups, decisions, per_item_errors)
 
     def _apply(
@@ -151,12 +195,17 @@ class Qwen3GuardDocumentFilter(RunnableSerializable[Sequence[Document], list[Doc
                 decision = decisions[k]
                 k += 1
                 if self.action == "annotate":
-                    meta = {**doc.metadata, METADATA_KEY: decision_metadata(decision)}
+                    meta = {**doc.metadata, METADATA_KEY: decision.to_dict()}
                     kept.append(doc.model_copy(update={"metadata": meta}))
                 elif decision.allowed:
                     kept.append(doc)
                 elif self.action == "raise" and error is None:
-                    error = violation(decision, doc.page_content)
+                    error = UnsafeContentError(
+                        stage=decision.surface,
+                        verdict=decision.verdict,
+                        content=doc.page_content,
+                        decision=decision,
+                    )
             if error is not None:
                 if not per_item_errors:
                     raise error
@@ -164,3 +213,13 @@ class Qwen3GuardDocumentFilter(RunnableSerializable[Sequence[Document], list[Doc
             else:
                 out.append(kept)
         return out
+
+
+def _holds_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, Mapping):
+        return any(_holds_text(v) or _holds_text(k) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds_text(v) for v in value)
+    return False
