@@ -108,6 +108,23 @@ class _Layer:
         "mlp",
         "scaling",
     )
+    # Filled in by FastDecoder.build from the model's modules (tensors and callables).
+    ln1: Any
+    ln2: Any
+    q_norm: Any
+    k_norm: Any
+    qkv: Any
+    q: Any
+    k: Any
+    v: Any
+    o: Any
+    split: Any
+    gate_up: Any
+    down: Any
+    act: Any
+    inter: Any
+    mlp: Any
+    scaling: Any
 
 
 class FastDecoder:
@@ -147,7 +164,8 @@ class FastDecoder:
         rotary = self.backbone.rotary_emb
         # Default RoPE is a pure function of the position: its table can be cached.
         self._rope_table = getattr(rotary, "rope_type", None) == "default"
-        self._cos = self._sin = None
+        self._cos: Any = None
+        self._sin: Any = None
 
     def _plan(self, layer: Any, dtype: Any, fuse: bool) -> _Layer:
         torch = self._torch

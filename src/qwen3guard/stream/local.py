@@ -306,7 +306,7 @@ class LocalStreamSession(StreamSession):
         self, token_verdicts: Sequence[TokenVerdict] = (), metadata: dict[str, Any] | None = None
     ) -> StreamUpdate:
         d = self._debouncer
-        meta = {"debounce": d.mode}
+        meta: dict[str, Any] = {"debounce": d.mode}
         if self._slides:
             meta["context_slides"] = self._slides
         if metadata:

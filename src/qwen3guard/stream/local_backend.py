@@ -192,6 +192,7 @@ class LocalStreamBackend:
 
     def _forward_fast(self, input_ids: Any, cache: Any, n: int, query_index: int | None) -> tuple:
         fast = self._fast
+        assert fast is not None
         if cache is None:
             cache = fast.new_cache()
         h = fast.hidden(input_ids, cache)
