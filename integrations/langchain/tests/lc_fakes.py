@@ -78,17 +78,31 @@ class ScriptedChatModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=self._next(messages))])
 
     def _chunks(self, message: AIMessage) -> Iterator[ChatGenerationChunk]:
-        for w in words(str(message.content)):
-            yield ChatGenerationChunk(message=AIMessageChunk(content=w))
-        for i, tc in enumerate(message.tool_calls):
+        """Text word by word; each content block of a list content as its own chunk; the
+        ``additional_kwargs`` in one chunk; tool calls, then invalid tool calls, as
+        tool-call chunks (an invalid call's raw arguments as streamed)."""
+        if isinstance(message.content, str):
+            for w in words(message.content):
+                yield ChatGenerationChunk(message=AIMessageChunk(content=w))
+        else:
+            for i, block in enumerate(message.content):
+                part = {**block, "index": i} if isinstance(block, dict) else block
+                yield ChatGenerationChunk(message=AIMessageChunk(content=[part]))
+        if message.additional_kwargs:
+            yield ChatGenerationChunk(
+                message=AIMessageChunk(content="", additional_kwargs=message.additional_kwargs)
+            )
+        calls = [(tc["name"], json.dumps(tc["args"]), tc["id"]) for tc in message.tool_calls]
+        calls += [(tc.get("name"), tc.get("args"), tc.get("id")) for tc in message.invalid_tool_calls]
+        for i, (name, args, call_id) in enumerate(calls):
             yield ChatGenerationChunk(
                 message=AIMessageChunk(
                     content="",
                     tool_call_chunks=[
                         {
-                            "name": tc["name"],
-                            "args": json.dumps(tc["args"]),
-                            "id": tc["id"],
+                            "name": name,
+                            "args": args,
+                            "id": call_id,
                             "index": i,
                             "type": "tool_call_chunk",
                         }

@@ -38,6 +38,8 @@ from langchain_core.messages import BaseMessage
 from qwen3guard import (
     Decision,
     GateStep,
+    GuardOutputError,
+    GuardUnavailableError,
     InvalidInputError,
     Policy,
     Qwen3Guard,
@@ -45,6 +47,7 @@ from qwen3guard import (
     Surface,
 )
 from qwen3guard.content import tool_call_conversation
+from qwen3guard.guard import could_not_judge
 
 from ._convert import has_tool_call_data, tool_calls_of
 
@@ -171,11 +174,15 @@ def screen_batch_op(
 def screen_prompt(
     guard: Qwen3Guard, prompt: Any, policy: Policy | None
 ) -> Core[Decision]:
-    """A prompt judged by Gen (in windows); one that cannot be judged as given is blocked."""
+    """A prompt judged by Gen (in windows); one that cannot be judged as given is blocked, and
+    a guard that cannot judge it (no Gen model, server down) decides by ``could_not_judge``."""
     try:
         decision: Decision = yield screen_op(guard, prompt, Surface.INPUT, policy)
     except InvalidInputError as exc:
         decision = Decision(False, None, Surface.INPUT, f"cannot be judged: {exc}", error=exc)
+    except (GuardUnavailableError, GuardOutputError) as exc:
+        decision = could_not_judge(policy if policy is not None else guard.policy, exc,
+                                   Surface.INPUT)
     return decision
 
 

@@ -161,16 +161,13 @@ class _Base:
         except _FAILURES as exc:
             raise_if_blocked(could_not_judge(self._policy, exc, Surface.INPUT), text)
             return
-        except InvalidInputError as exc:  # too long for Stream even with Gen, or unreadable
+        except InvalidInputError:  # too long for Stream even with Gen, or unreadable
             if session_prompt is None:
                 raise
             # The prompt is judged by Gen (windows) or blocked; the answer with no prompt.
             # It never takes the verdict of a stand-in prompt.
             if self.check_input:
                 gen_decision = yield from screen_prompt(self._guard, prompt, self.policy)
-                if gen_decision.allowed and gen_decision.verdict is None:
-                    gen_decision = Decision(False, None, Surface.INPUT,
-                                            f"cannot be judged: {exc}", error=exc)
                 raise_if_blocked(gen_decision, text)
             try:
                 session = yield self._open_op(None)
