@@ -179,3 +179,66 @@ def test_serialisable_settings():
     assert d["action"] == "annotate" and d["batch_size"] == 8
     with pytest.raises(ValueError):
         Qwen3GuardNodePostprocessor(action="explode")
+
+
+# -- one bad node fails alone (issue 10, class 8) --------------------------------------------------
+
+BAD_TEXT = "x\ud800"  # a lone surrogate: cannot be encoded, so it cannot be judged
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_one_bad_node_is_dropped_alone(gen_guard, use_async):
+    nodes = _nodes(CLEAN_DOCS[0], BAD_TEXT, POISON, CLEAN_DOCS[1])
+    pp = Qwen3GuardNodePostprocessor(guard=gen_guard, batch_size=4)
+    out = await pp.apostprocess_nodes(nodes) if use_async else pp.postprocess_nodes(nodes)
+    assert [n.node.get_content() for n in out] == [CLEAN_DOCS[0], CLEAN_DOCS[1]]
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_one_bad_node_is_annotated_alone(gen_guard, use_async):
+    nodes = _nodes(CLEAN_DOCS[0], BAD_TEXT, POISON)
+    pp = Qwen3GuardNodePostprocessor(guard=gen_guard, action="annotate")
+    out = await pp.apostprocess_nodes(nodes) if use_async else pp.postprocess_nodes(nodes)
+    clean, bad, poison = (n.node.metadata[METADATA_KEY] for n in out)
+    assert clean["allowed"] is True and clean["risk"] == "Safe"
+    assert bad["allowed"] is False and bad["risk"] is None
+    assert "InvalidInputError" in bad["error"] and "cannot be judged" in bad["reason"]
+    assert poison["allowed"] is False and poison["risk"] == "Unsafe"
+
+
+def test_one_bad_node_raises_a_violation_not_a_type_error(gen_guard):
+    pp = Qwen3GuardNodePostprocessor(guard=gen_guard, action="raise")
+    with pytest.raises(Qwen3GuardViolation) as info:
+        pp.postprocess_nodes(_nodes(CLEAN_DOCS[0], BAD_TEXT))
+    assert info.value.stage == "retrieval" and isinstance(info.value.decision.error, ValueError)
+
+
+# -- what the LLM sees of a node is what is judged (issue 10, class 9) ----------------------------
+
+
+def test_llm_visible_metadata_is_judged(gen_guard):
+    node = TextNode(text=CLEAN_DOCS[0], id_="m0", metadata={"summary": POISON})
+    pp = Qwen3GuardNodePostprocessor(guard=gen_guard)
+    assert pp.postprocess_nodes([NodeWithScore(node=node, score=1.0)]) == []
+    # A key the LLM never sees is not judged (and does not block).
+    hidden = TextNode(
+        text=CLEAN_DOCS[0],
+        id_="m1",
+        metadata={"summary": POISON},
+        excluded_llm_metadata_keys=["summary"],
+    )
+    assert POISON not in hidden.get_content(metadata_mode=MetadataMode.LLM)
+    assert len(pp.postprocess_nodes([NodeWithScore(node=hidden, score=1.0)])) == 1
+
+
+def test_llm_text_template_is_judged(gen_guard):
+    # The node's own template is part of what the LLM reads (it is applied with metadata).
+    node = TextNode(
+        text=CLEAN_DOCS[0],
+        id_="t0",
+        metadata={"source": "notes"},
+        text_template=POISON + "\n{metadata_str}\n{content}",
+    )
+    assert POISON in node.get_content(metadata_mode=MetadataMode.LLM)
+    pp = Qwen3GuardNodePostprocessor(guard=gen_guard)
+    assert pp.postprocess_nodes([NodeWithScore(node=node, score=1.0)]) == []
