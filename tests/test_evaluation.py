@@ -281,10 +281,10 @@ def _span(tokenizer, messages: list[dict], first: str, last: str) -> tuple[int, 
 def _official_flag(guard, messages: list[dict]) -> int | None:  # noqa: ANN001
     """The official script's computation: one forward over the whole conversation, argmax
     risk per position from the answer's first token, consecutive-Unsafe rule."""
-    from qwen3guard.evaluation import _session_prefix
+    from qwen3guard.evaluation import session_prefix
 
     tok = guard.stream.tokenizer
-    split = len(_session_prefix(guard, tok, messages[:-1]))  # no think block in the tiny template
+    split = len(session_prefix(guard, tok, messages[:-1]))  # no think block in the tiny template
     return _official_flag_from(guard, messages, split)
 
 

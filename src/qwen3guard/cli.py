@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 TINY = "tiny"
+OFFICIAL_MAX_NEW_TOKENS = 128  # eval/eval_gen.py of QwenLM/Qwen3Guard @ 6a52eca
 
 
 def _resolve_models(model: str | None, stream_model: str | None) -> tuple[str, str | None]:
@@ -105,10 +106,75 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(model=args.model, stream_model=args.stream_model)
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation import run_eval_cli
+def _eval_guard(args: argparse.Namespace) -> Any:
+    """Gen mode: the guard ``qwen3guard moderate`` would build (local or ``--endpoint``), with
+    ``max_new_tokens=128`` under ``--compat official`` (``eval_gen.py``'s setting). Stream
+    mode: only the Stream model, in process (``--stream-model``; default ``tiny`` with
+    ``--model tiny``, else the 0.6B hub model); Gen is not loaded."""
+    from . import Policy, Qwen3Guard
 
-    return run_eval_cli(args)
+    policy = Policy(mode=args.policy)
+    if args.mode == "gen":
+        if args.compat == "official" and not args.endpoint:
+            model, _ = _resolve_models(args.model, None)
+            return Qwen3Guard.from_pretrained(
+                model, device=args.device, dtype=args.dtype, policy=policy,
+                max_new_tokens=OFFICIAL_MAX_NEW_TOKENS,
+            )
+        return _guard(args, stream=False)
+    stream_model = args.stream_model
+    if stream_model is None:
+        from .guard import DEFAULT_STREAM_MODEL
+
+        stream_model = TINY if args.model == TINY else DEFAULT_STREAM_MODEL
+    if stream_model == TINY:  # the built-in checkpoints' stream/ directory
+        _, stream_model = _resolve_models(TINY, TINY)
+    return Qwen3Guard.from_pretrained(
+        None, stream_model=stream_model, device=args.device, dtype=args.dtype, policy=policy
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``qwen3guard eval``: 0 when the metrics were computed, 2 for unusable input."""
+    from pathlib import Path
+
+    from .evaluation import evaluate_gen, evaluate_stream, format_summary, load_rows
+
+    path = Path(args.input)
+    if not path.is_file():
+        print(f"error: no such file: {path}", file=sys.stderr)
+        return 2
+    rows = load_rows(path)
+    usable = [r for r in rows if r.error is None or (args.compat and r.label_error)]
+    if not usable:
+        print(f"error: {path} has no row with a conversation and a Safe/Unsafe label",
+              file=sys.stderr)
+        return 2
+    if args.mode == "stream" and args.endpoint:
+        print("error: stream evaluation runs the Stream model in process (--stream-model): the "
+              "benchmark's token indices refer to its tokenizer; --endpoint is for --mode gen",
+              file=sys.stderr)
+        return 2
+    if args.compat == "official" and args.mode == "gen" and args.endpoint:
+        print("note: --compat official with --endpoint: max_new_tokens is the server's, not "
+              f"the official {OFFICIAL_MAX_NEW_TOKENS}", file=sys.stderr)
+    progress = not args.no_progress
+    with _eval_guard(args) as guard:
+        if args.mode == "gen":
+            report = evaluate_gen(guard, rows, batch_size=args.batch_size or 16,
+                                  progress=progress, compat=args.compat)
+        else:
+            report = evaluate_stream(guard, rows, thinking=args.thinking, progress=progress,
+                                     compat=args.compat)
+    report = {"input": str(path), "model": args.model, "stream_model": args.stream_model,
+              "policy": args.policy, **report}
+    print(format_summary(report))
+    if args.report:
+        out = Path(args.report)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        print(f"report written to {out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,8 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-model", default=None)
     p.add_argument("--report", help="write the JSON report here")
     p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
-                   help="stream mode: answers are thinking-mode answers (default: when they "
-                   "contain a <think> block)")
+                   help="stream mode: score the thinking too (default: when the answer has a "
+                   "<think> block; with --compat official: off, as the official flag)")
+    p.add_argument("--compat", choices=["official"], default=None,
+                   help="also compute and print what the official eval_gen.py / eval_stream.py "
+                   "(QwenLM/Qwen3Guard @ 6a52eca) print, on the same predictions")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--no-progress", action="store_true")
     _add_model_args(p)
