@@ -8,11 +8,19 @@ from typing import Any
 
 import pytest
 from li_testkit import CLEAN_DOCS, UNSAFE_ANSWER, Script, ScriptedLLM, build_index, split_tokens
-from llama_index.core.agent.workflow import AgentStream, FunctionAgent, ToolCallResult
+from llama_index.core.agent.workflow import (
+    AgentOutput,
+    AgentStream,
+    FunctionAgent,
+    ToolCall,
+    ToolCallResult,
+)
+from llama_index.core.base.llms.types import CitableBlock, ImageBlock, TextBlock
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llama_index.core.tools import FunctionTool, QueryEngineTool
 from llama_index.core.workflow import Context
 from llama_index.postprocessor.qwen3guard import (
+    DEFAULT_REFUSAL_MESSAGE,
     DEFAULT_VIOLATION_MESSAGE,
     GuardedFunctionTool,
     GuardedTool,
@@ -171,3 +179,107 @@ async def test_agent_safe_stream_passes(guard):
     assert shown == answer
     await handler  # the run completed (the mock's final message is only its last chunk)
     assert script.state["finished"] is True
+
+
+# -- every block of a tool's output, every tool call and result in an agent stream (class 9) -----
+
+
+def _blocks_tool(blocks: Any) -> FunctionTool:
+    def lookup(query: str) -> Any:
+        """Look something up."""
+        return blocks
+
+    return FunctionTool.from_defaults(fn=lookup)
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_tool_output_in_nested_blocks_is_judged(gen_guard, use_async):
+    cited = CitableBlock(title="notes", source="doc-1", content=[TextBlock(text=BOMB_RESULT)])
+    tool = guard_tool(_blocks_tool([TextBlock(text="Here is what I found."), cited]), gen_guard)
+    assert tool.tool.call(**SAFE_ARGS).content == "Here is what I found."  # premise
+    with pytest.raises(Qwen3GuardViolation) as info:
+        await tool.acall(**SAFE_ARGS) if use_async else tool.call(**SAFE_ARGS)
+    assert info.value.stage == "tool_result" and info.value.verdict.is_unsafe
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_tool_output_a_text_guard_cannot_read_is_blocked(gen_guard, use_async):
+    image = ImageBlock(image=b"\x89PNG\r\n\x1a\n", image_mimetype="image/png")
+    tool = guard_tool(_blocks_tool([image]), gen_guard, exit_behavior="replace")
+    out = await tool.acall(**SAFE_ARGS) if use_async else tool.call(**SAFE_ARGS)
+    assert out.is_error and out.content == DEFAULT_REFUSAL_MESSAGE
+    meta = out.raw_output["qwen3guard"]
+    assert meta["surface"] == "tool_result" and "image" in meta["error"]
+    # Opting out of output checks lets it through, on purpose.
+    unchecked = guard_tool(_blocks_tool([image]), gen_guard, check_output=False)
+    assert unchecked.call(**SAFE_ARGS).blocks == [image]
+
+
+async def _agent_events(guard, script: Script, tools: list, *, streaming: bool = True):
+    agent = FunctionAgent(
+        tools=tools,
+        llm=MockFunctionCallingLLM(response_generator=script),
+        streaming=streaming,
+    )
+    handler = agent.run("Look something up for me.")
+    seen: list[Any] = []
+    with pytest.raises(Qwen3GuardViolation) as info:
+        async for ev in moderate_agent_stream(handler, guard=guard):
+            seen.append(ev)
+    assert handler.is_done()
+    return info.value, seen
+
+
+def _shown(events: list[Any]) -> str:
+    """Everything the reader could read from the events it was given."""
+    parts = []
+    for ev in events:
+        if isinstance(ev, AgentStream):
+            parts += [ev.delta, ev.response, repr(ev.tool_calls)]
+        elif isinstance(ev, ToolCall):  # ToolCallResult is a ToolCall too
+            parts.append(repr(ev.tool_kwargs))
+            if isinstance(ev, ToolCallResult):
+                parts.append(ev.tool_output.content)
+        elif isinstance(ev, AgentOutput):
+            parts += [ev.response.content or "", repr(ev.tool_calls)]
+    return "\n".join(p or "" for p in parts)
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+async def test_agent_stream_judges_the_llms_tool_call(guard, streaming):
+    ran: list[str] = []
+    script = Script(tool="search", kwargs=BOMB_ARGS, delay_s=0.001)
+    error, seen = await _agent_events(
+        guard, script, [_search_tool(ran)], streaming=streaming
+    )  # the tool is not guarded: the stream is what the reader sees
+    assert error.stage == "tool_call" and error.decision.blocked
+    assert "bomb" not in _shown(seen)
+
+
+async def test_agent_stream_judges_tool_results(guard):
+    ran: list[str] = []
+    script = Script(tool="search", kwargs=SAFE_ARGS, delay_s=0.001)
+    error, seen = await _agent_events(guard, script, [_search_tool(ran, BOMB_RESULT)])
+    assert error.stage == "tool_result" and error.decision.blocked
+    assert "bomb" not in _shown(seen) and "explosive" not in _shown(seen)
+    assert any(isinstance(ev, ToolCall) for ev in seen)  # the safe call itself was shown
+
+
+async def test_agent_stream_judges_an_answer_that_was_not_streamed(guard):
+    script = Script(final=UNSAFE_ANSWER)  # no delay: one complete message
+    error, seen = await _agent_events(guard, script, [], streaming=False)
+    assert error.stage == "output" and error.verdict.is_unsafe
+    assert "bomb" not in _shown(seen)
+
+
+async def test_agent_stream_safe_tool_run_passes(guard):
+    ran: list[str] = []
+    script = Script(tool="search", kwargs=SAFE_ARGS, final="It is sunny.", delay_s=0.001)
+    agent = FunctionAgent(
+        tools=[_search_tool(ran)], llm=MockFunctionCallingLLM(response_generator=script)
+    )
+    handler = agent.run("What is the weather in Paris?")
+    kinds = [type(ev).__name__ async for ev in moderate_agent_stream(handler, guard=guard)]
+    assert "ToolCall" in kinds and "ToolCallResult" in kinds and "AgentOutput" in kinds
+    assert ran == [SAFE_ARGS["query"]]
+    await handler  # the run completed
