@@ -5,15 +5,24 @@ spec written for ``sys.executable``, so a user-level ``python3`` kernel elsewher
 picked up), with ``QWEN3GUARD_MODEL`` / ``QWEN3GUARD_STREAM_MODEL`` pointing at the tiny
 checkpoints and ``QWEN3GUARD_COOKBOOK_OUT`` at a temporary directory for the files the notebooks
 write. The notebooks assert on their own results, so a broken notebook fails here.
+
+The ``.ipynb`` files are the notebooks' source: they are committed without outputs, and ruff
+checks their code like any other file (``make lint``; ``test_notebook_code_is_lint_clean`` here,
+until CI runs the lint). Kernels write their connection files into a private
+``JUPYTER_RUNTIME_DIR`` that is removed at the end, so nothing is left in ``/tmp``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -65,14 +74,16 @@ def test_notebook_is_committed_without_outputs(path: Path) -> None:
     assert 'os.environ.get("QWEN3GUARD_MODEL", "Qwen/Qwen3Guard-Gen-' in first_code
 
 
-def test_notebooks_match_their_generator() -> None:
-    spec = importlib.util.spec_from_file_location(
-        "make_notebooks", ROOT / "scripts/make_notebooks.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main(["--check"]) == 0, "out of date: run python scripts/make_notebooks.py"
+def test_notebook_code_is_lint_clean() -> None:
+    """ruff reads the notebooks themselves (no generated copy): lint rules and formatting."""
+    for command in (["check"], ["format", "--check"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, str(COOKBOOK)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        assert result.returncode == 0, f"ruff {' '.join(command)} cookbook:\n{result.stdout}"
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +94,16 @@ def kernel_spec_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     kernels = tmp_path_factory.mktemp("kernels")
     write_kernel_spec(str(kernels / "python3"))
     return kernels
+
+
+@pytest.fixture(scope="session")
+def jupyter_runtime_dir() -> Iterator[Path]:
+    """Where the kernels' connection files go (not the user's runtime dir, not /tmp); removed."""
+    runtime = Path(tempfile.mkdtemp(prefix="qwen3guard-jupyter-runtime-"))
+    try:
+        yield runtime
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def _stop_leftover(pidfile: Path) -> bool:
@@ -105,6 +126,7 @@ def test_notebook_runs(
     gen_path: str,
     stream_path: str,
     kernel_spec_dir: Path,
+    jupyter_runtime_dir: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -114,6 +136,7 @@ def test_notebook_runs(
     monkeypatch.setenv("QWEN3GUARD_MODEL", gen_path)
     monkeypatch.setenv("QWEN3GUARD_STREAM_MODEL", stream_path)
     monkeypatch.setenv("QWEN3GUARD_COOKBOOK_OUT", str(out))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter_runtime_dir))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
@@ -125,6 +148,8 @@ def test_notebook_runs(
     km = KernelManager(
         kernel_name="python3",
         kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_spec_dir)]),
+        # without a name, jupyter_client writes it with mkstemp() into /tmp and may leave it
+        connection_file=str(jupyter_runtime_dir / f"kernel-{path.stem}.json"),
     )
     client = NotebookClient(
         nb,
@@ -140,9 +165,13 @@ def test_notebook_runs(
         client.execute()
     finally:
         lingered = pidfile is not None and _stop_leftover(pidfile)
+        _shut_down(client, km)
     print(f"{path.name}: executed in {time.perf_counter() - t0:.1f}s")
 
     assert not lingered, f"{path.name} left its server running"
+    assert not km.has_kernel, f"{path.name}: the kernel is still running"
+    left = sorted(p.name for p in jupyter_runtime_dir.iterdir())
+    assert not left, f"the kernel left its connection files behind: {left}"
     if pidfile is not None:
         assert pidfile.exists(), f"{path.name} did not start its server"
     for name in FIGURES.get(path.stem, []):
@@ -151,6 +180,20 @@ def test_notebook_runs(
         data = figure.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5_000, f"{name} is not a real plot"
     assert _listing() == before, "the notebook wrote into the cookbook directory"
+
+
+def _shut_down(client: NotebookClient, km: KernelManager) -> None:
+    """Stop the kernel and remove its connection file.
+
+    nbclient shuts a kernel down only when it created the kernel manager itself
+    (``owns_km`` in nbclient 0.11.0, ``client.py``); with ours, the kernel would live on until
+    pytest exits (ipykernel watches its parent), and its connection file with it.
+    """
+    if client.kc is not None:
+        client.kc.stop_channels()
+    if km.has_kernel:
+        km.shutdown_kernel(now=False)  # graceful: the notebook's atexit hooks run
+    km.cleanup_resources()
 
 
 def _listing() -> set[str]:
