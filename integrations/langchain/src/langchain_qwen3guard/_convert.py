@@ -120,9 +120,7 @@ def chunk_text(message: BaseMessage) -> str:
     fields = _fields(message, "assistant")
     for key in ("tool_calls", "invalid_tool_calls", "tool_call_chunks"):
         fields.pop(key, None)
-    extra = {
-        k: v for k, v in message.additional_kwargs.items() if k not in ("tool_calls", "function_call")
-    }
+    extra = {k: v for k, v in message.additional_kwargs.items() if k not in _HELD_KWARGS}
     fields["additional_kwargs"] = extra
     content = read_message(fields, where=type(message).__name__)
     if isinstance(message.content, str) and not content.reasoning:
@@ -130,14 +128,26 @@ def chunk_text(message: BaseMessage) -> str:
     return content.reasoning + content.text
 
 
+#: ``additional_kwargs`` that are not streamed answer text: tool calls, and a structured output
+#: (judged whole, by Gen, once the stream has ended).
+_HELD_KWARGS = ("tool_calls", "function_call", "parsed")
+
+
+def structured_output_of(message: BaseMessage) -> str | None:
+    """A message's structured output (``additional_kwargs["parsed"]``) as JSON text."""
+    parsed = message.additional_kwargs.get("parsed")
+    return as_text(parsed) if parsed is not None else None
+
+
 def has_tool_call_data(message: BaseMessage) -> bool:
-    """Whether a (chunk) message carries tool-call data of any kind."""
+    """Whether a (chunk) message carries tool-call data of any kind, or a structured output:
+    data that is judged whole once the stream has ended."""
     if getattr(message, "tool_call_chunks", None) or getattr(message, "tool_calls", None):
         return True
     if getattr(message, "invalid_tool_calls", None):
         return True
     extra = message.additional_kwargs
-    if extra.get("tool_calls") or extra.get("function_call"):
+    if any(extra.get(k) is not None for k in _HELD_KWARGS):
         return True
     content = message.content
     return isinstance(content, list) and any(

@@ -46,10 +46,10 @@ from qwen3guard import (
     StreamGate,
     Surface,
 )
-from qwen3guard.content import tool_call_conversation
+from qwen3guard.content import answer_conversation, tool_call_conversation
 from qwen3guard.guard import could_not_judge
 
-from ._convert import has_tool_call_data, tool_calls_of
+from ._convert import has_tool_call_data, structured_output_of, tool_calls_of
 
 log = logging.getLogger("langchain_qwen3guard")
 
@@ -380,11 +380,19 @@ class _ToolHold:
         return out
 
     def items(self) -> list[tuple[list[dict[str, str]], Surface]]:
+        """What the held chunks carry, to judge with Gen: each aggregated tool call (surface
+        ``tool_call``) and a structured output (as the answer, surface ``output``)."""
         if not self.messages:
             return []
         merged = _merge(self.messages)
         calls = [c for m in merged for c in tool_calls_of(m)]
-        return [(tool_call_conversation(c.name, c.arguments), Surface.TOOL_CALL) for c in calls]
+        out = [(tool_call_conversation(c.name, c.arguments), Surface.TOOL_CALL) for c in calls]
+        for m in merged:
+            structured = structured_output_of(m)
+            if structured is not None and structured.strip():
+                out.append((answer_conversation(self.rules.prompt or [], structured),
+                            Surface.OUTPUT))
+        return out
 
 
 def _merge(messages: list[BaseMessage]) -> list[BaseMessage]:

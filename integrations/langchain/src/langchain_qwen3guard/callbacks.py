@@ -59,6 +59,7 @@ from ._convert import (
     chunk_text,
     message_content,
     messages_to_guard,
+    structured_output_of,
     text_of_value,
 )
 from ._streaming import Core, Op, arun, run, screen_batch_op, screen_op, screen_prompt
@@ -111,6 +112,7 @@ class _Base:
         self.check_tool_results = check_tool_results
         self.check_retrieval = check_retrieval
         self._sessions: dict[UUID, StreamSession] = {}
+        self._prompts: dict[UUID, list[GuardMessage]] = {}  # a run's prompt, for its answer
         self._lock = threading.Lock()
 
     @property
@@ -132,6 +134,15 @@ class _Base:
     def _pop(self, run_id: UUID) -> StreamSession | None:
         with self._lock:
             return self._sessions.pop(run_id, None)
+
+    def _remember(self, run_id: UUID, prompt: list[GuardMessage]) -> None:
+        if prompt:
+            with self._lock:
+                self._prompts[run_id] = prompt
+
+    def _forget(self, run_id: UUID) -> list[GuardMessage]:
+        with self._lock:
+            return self._prompts.pop(run_id, [])
 
     @property
     def open_sessions(self) -> int:
@@ -179,6 +190,7 @@ class _Base:
             if decision.blocked:
                 yield Op(session.close, session.aclose)
                 raise_if_blocked(decision, text)
+        self._remember(run_id, prompt)
         self._put(run_id, session)
 
     def _token(self, run_id: UUID, token: Any, chunk: Any) -> Core[None]:
@@ -199,6 +211,7 @@ class _Base:
 
     def _end(self, response: LLMResult, run_id: UUID) -> Core[None]:
         session = self._pop(run_id)
+        prompt = self._forget(run_id)
         message = _generated_message(response)
         if session is not None:
             try:
@@ -214,16 +227,29 @@ class _Base:
             else:
                 if update.flagged:
                     raise_if_blocked(self._flag_decision(update.verdict), session.response_text)
-        if self.check_tool_calls and message is not None:
-            calls = message_content(message, non_text="skip").tool_calls
-            items = [(_content.tool_call_conversation(c.name, c.arguments), Surface.TOOL_CALL)
-                     for c in calls]
-            if items:
-                decisions = yield screen_batch_op(self._guard, items, self.policy)
-                for call, decision in zip(calls, decisions):
-                    raise_if_blocked(decision, call.render())
+        if message is None:
+            return
+        # Data that is not streamed answer text, judged whole by Gen: the tool calls the model
+        # made (surface tool_call) and a structured output (as the answer, surface output).
+        items: list[tuple[list[GuardMessage], Surface]] = []
+        shown: list[str] = []
+        if self.check_tool_calls:
+            for call in message_content(message, non_text="skip").tool_calls:
+                items.append((_content.tool_call_conversation(call.name, call.arguments),
+                              Surface.TOOL_CALL))
+                shown.append(call.render())
+        structured = structured_output_of(message)
+        if self.check_output and structured is not None and structured.strip():
+            items.append((_content.answer_conversation(prompt,
+                                                       structured), Surface.OUTPUT))
+            shown.append(structured)
+        if items:
+            decisions = yield screen_batch_op(self._guard, items, self.policy)
+            for text, decision in zip(shown, decisions):
+                raise_if_blocked(decision, text)
 
     def _error(self, run_id: UUID) -> Core[None]:
+        self._forget(run_id)
         session = self._pop(run_id)
         if session is not None:
             yield Op(session.close, session.aclose)
