@@ -19,6 +19,7 @@ no further checks are made.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import warnings
 from collections.abc import Sequence
@@ -139,30 +140,33 @@ class FallbackSession(StreamSession):
 
     async def _afeed_text(self, chunk: str) -> StreamUpdate:
         with self._lock:
-            self._check_open()
+            self._check_feedable()
             snap = self._ingest_text(chunk)
         return self._finish(snap, await self._acheck(snap) if snap else None)
 
     async def _afeed_ids(self, ids: list[int]) -> StreamUpdate:
         with self._lock:
-            self._check_open()
+            self._check_feedable()
             snap = self._ingest_ids(ids)
         return self._finish(snap, await self._acheck(snap) if snap else None)
 
-    async def _aclose(self) -> StreamUpdate:
+    async def _aend(self) -> StreamUpdate:
         with self._lock:
-            if self._closed:
-                assert self._final is not None
-                return self._final
+            self._check_open()
+            if self._end_update is not None:
+                return self._end_update
             snap = self._due(final=True)
         result = await self._acheck(snap) if snap else None
         with self._lock:
-            if not self._closed:
+            if self._end_update is None:
                 self._ended = True
-                self._final = self._finish(snap, result, {"closed": True})
-                self._closed = True
-            assert self._final is not None
-            return self._final
+                self._end_update = self._finish(snap, result, {"closed": True})
+            return self._end_update
+
+    async def _aclose(self) -> StreamUpdate:
+        if not self._closed:
+            await self._aend()
+        return await asyncio.to_thread(self.close)  # the answer is judged: this only frees
 
     async def _acheck(self, snap: tuple[str, int]) -> tuple[Verdict | None, BaseException | None]:
         self.checks_run += 1
@@ -170,6 +174,24 @@ class FallbackSession(StreamSession):
             return await self._guard.acheck_response(self._messages, snap[0]), None
         except (GuardUnavailableError, GuardOutputError) as exc:
             return None, exc
+
+    async def _arollback(self, offset: int) -> StreamUpdate:
+        with self._lock:
+            self._check_open()
+            kept = self._kept(offset)
+            self._forget_answer()
+            snap = self._ingest_text(kept) if kept else None
+        return self._finish(snap, await self._acheck(snap) if snap else None)
+
+    def _reset_answer(self) -> None:
+        self._decoder = None
+        self._tokens = self._checked_tokens = self._checked_len = 0
+        self._safe_len = self._safe_tokens = 0
+        self._verdict = None
+        self._flagged = False
+        self._flag_offset = self._flag_token_index = None
+        self._error = None
+        self._ended = False
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -47,6 +47,10 @@ class KVBuffer:
     def get_seq_length(self) -> int:
         return self.length
 
+    def crop(self, length: int) -> None:
+        """Keep the first ``length`` positions (the next append overwrites the rest)."""
+        self.length = max(0, min(self.length, length))
+
     def append(self, layer: int, k: Any, v: Any, start: int) -> tuple[Any, Any]:
         import torch
 

@@ -38,8 +38,9 @@ Sync and async forms share one core; they differ only in how they wait for the s
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -69,7 +70,9 @@ class GateStep(Generic[T]):
     nothing more (sticky). ``decision``: why it is blocked (flagged), or the final allow
     (after :meth:`StreamGate.finish`). ``partial``: when flagged, the chunk holding
     ``flag_offset`` with its text before that offset (``""`` when the span starts at the chunk's
-    first character); None when the flag falls between chunks or nothing was held.
+    first character); None when the flag falls between chunks or nothing was held. (A gate
+    opened with ``keep_on_flag=True`` releases nothing at a flag: it waits for
+    :meth:`StreamGate.rollback`.)
     """
 
     released: tuple[T, ...] = ()
@@ -88,15 +91,26 @@ class StreamGate(Generic[T]):
         *,
         policy: Policy,
         prompt_decision: Decision | None = None,
+        buffer_tokens: int = 0,
+        keep_on_flag: bool = False,
     ) -> None:
+        if isinstance(buffer_tokens, bool) or not isinstance(buffer_tokens, int) or buffer_tokens < 0:
+            raise InvalidInputError(f"buffer_tokens must be an int >= 0, not {buffer_tokens!r}")
         self.session = session
         self.policy = policy
+        self.buffer_tokens = buffer_tokens
+        self.keep_on_flag = keep_on_flag
+        # Start offsets of the judged tokens (since the last rollback): text before the
+        # ``buffer_tokens``-th most recent one is at least that many tokens behind the head.
+        self._starts: list[int] = []
+        self._scored = 0
         self.prompt_decision = prompt_decision or Decision(True, None, Surface.INPUT, "no prompt")
         self._held: deque[tuple[T, int, str]] = deque()  # (chunk, end offset, its text)
         self._fed = 0  # characters of answer text handed to the session
         self._released_to = 0  # end offset of the last released chunk
         self._open = False  # fail-open after a guard failure: release everything
         self._done: GateStep[T] | None = None  # the sticky final step (flagged or finished)
+        self._kept_text = ""
         self.last_update: StreamUpdate | None = None
 
     # -- construction --------------------------------------------------------------------------
@@ -108,6 +122,8 @@ class StreamGate(Generic[T]):
         prompt_messages: Conversation | None,
         *,
         policy: Policy | None = None,
+        buffer_tokens: int = 0,
+        keep_on_flag: bool = False,
         **session_options: Any,
     ) -> StreamGate[T]:
         """Open a session for an answer to ``prompt_messages`` (None: no prompt is known) and
@@ -118,7 +134,8 @@ class StreamGate(Generic[T]):
             session = guard.open_stream(prompt_messages, policy=pol, **session_options)
         except _COULD_NOT_JUDGE as exc:
             return cls._unopened(pol, exc)
-        return cls(session, policy=pol, prompt_decision=_prompt_decision(pol, session))
+        return cls(session, policy=pol, prompt_decision=_prompt_decision(pol, session),
+                   buffer_tokens=buffer_tokens, keep_on_flag=keep_on_flag)
 
     @classmethod
     async def aopen(
@@ -127,6 +144,8 @@ class StreamGate(Generic[T]):
         prompt_messages: Conversation | None,
         *,
         policy: Policy | None = None,
+        buffer_tokens: int = 0,
+        keep_on_flag: bool = False,
         **session_options: Any,
     ) -> StreamGate[T]:
         pol = policy if policy is not None else guard.policy
@@ -134,7 +153,8 @@ class StreamGate(Generic[T]):
             session = await guard.aopen_stream(prompt_messages, policy=pol, **session_options)
         except _COULD_NOT_JUDGE as exc:
             return cls._unopened(pol, exc)
-        return cls(session, policy=pol, prompt_decision=_prompt_decision(pol, session))
+        return cls(session, policy=pol, prompt_decision=_prompt_decision(pol, session),
+                   buffer_tokens=buffer_tokens, keep_on_flag=keep_on_flag)
 
     @classmethod
     def _unopened(cls, policy: Policy, exc: BaseException) -> StreamGate[T]:
@@ -169,6 +189,11 @@ class StreamGate(Generic[T]):
         return len(self._held)
 
     @property
+    def tokens_held(self) -> int:
+        """Judged tokens not yet released (the release lag, in tokens)."""
+        return len(self._starts) - bisect.bisect_left(self._starts, self._released_to)
+
+    @property
     def released_offset(self) -> int:
         """The length of the answer released so far."""
         return self._released_to
@@ -187,8 +212,8 @@ class StreamGate(Generic[T]):
             step = self._release(self.session.feed_text(text))
         except (*_COULD_NOT_JUDGE, InvalidInputError) as exc:
             step = self._failed(exc)
-        if self._done is not None or self._open:
-            self.session.abort()  # flagged, or no longer judging: free the session now
+        if self._open or (self._done is not None and not self.keep_on_flag):
+            self.session.abort()  # no longer judging: free the session now
         return step
 
     def finish(self) -> GateStep[T]:
@@ -197,13 +222,64 @@ class StreamGate(Generic[T]):
         if self._done is not None:
             return self._done
         update = None
-        if self.session is not None and not self._open:
-            try:
-                update = self.session.close()
+        session = self.session
+        if session is not None and not self._open:
+            try:  # with keep_on_flag, end() keeps the session for a rollback after a flag
+                update = session.end() if self.keep_on_flag else session.close()
             except (*_COULD_NOT_JUDGE, InvalidInputError) as exc:
-                self.session.abort()
+                session.abort()
                 return self._end_failed(exc)
-        return self._end(update)
+        step = self._end(update)
+        if session is not None and not step.flagged:
+            session.close()  # judged already: this only frees
+        return step
+
+    def rollback(self, offset: int, rechunk: Callable[[str], T] | None = None) -> GateStep[T]:
+        """Drop the answer after ``offset`` (never before what was released) and roll the
+        session back to it, unflagging the gate: the next chunk continues the kept prefix. The
+        kept text not yet released is held again, as one chunk made by ``rechunk`` (default:
+        the text itself). Needs ``keep_on_flag=True``."""
+        session = self._rollback_prepare(offset)
+        return self._rolled_back(session.rollback(self._fed), rechunk)
+
+    async def arollback(
+        self, offset: int, rechunk: Callable[[str], T] | None = None
+    ) -> GateStep[T]:
+        session = self._rollback_prepare(offset)
+        return self._rolled_back(await session.arollback(self._fed), rechunk)
+
+    def _rollback_prepare(self, offset: int) -> StreamSession:
+        if self.session is None or self.session.closed:
+            raise InvalidInputError("rollback() needs an open session (open the gate with "
+                                    "keep_on_flag=True and do not finish it first)")
+        if offset < self._released_to or offset > self._fed:
+            raise InvalidInputError(
+                f"rollback({offset}): the answer has {self._fed} characters and "
+                f"{self._released_to} are already released"
+            )
+        self._kept_text = "".join(text for _, _, text in self._held)[
+            : offset - self._released_to
+        ]
+        self._held.clear()
+        self._fed = offset
+        self._done = None
+        self._starts.clear()
+        self._scored = 0
+        self.last_update = None
+        return self.session
+
+    def _rolled_back(
+        self, update: StreamUpdate, rechunk: Callable[[str], T] | None
+    ) -> GateStep[T]:
+        kept = self._kept_text
+        if kept:
+            chunk = rechunk(kept) if rechunk is not None else kept
+            self._held.append((chunk, self._fed, kept))  # type: ignore[arg-type]
+        # The session replayed the whole kept answer: its tokens give the buffer's offsets.
+        self.last_update = update
+        self._observe(update)
+        limit = min(self._settled(), self._behind_head())
+        return GateStep(released=self._take(limit), update=update)
 
     def abort(self) -> None:
         """Stop without judging what is held (the caller gave up); frees the session."""
@@ -226,7 +302,7 @@ class StreamGate(Generic[T]):
             step = self._release(await self.session.afeed_text(text))
         except (*_COULD_NOT_JUDGE, InvalidInputError) as exc:
             step = self._failed(exc)
-        if self._done is not None or self._open:
+        if self._open or (self._done is not None and not self.keep_on_flag):
             await self.session.aabort()
         return step
 
@@ -234,13 +310,17 @@ class StreamGate(Generic[T]):
         if self._done is not None:
             return self._done
         update = None
-        if self.session is not None and not self._open:
+        session = self.session
+        if session is not None and not self._open:
             try:
-                update = await self.session.aclose()
+                update = await (session.aend() if self.keep_on_flag else session.aclose())
             except (*_COULD_NOT_JUDGE, InvalidInputError) as exc:
-                await self.session.aabort()
+                await session.aabort()
                 return self._end_failed(exc)
-        return self._end(update)
+        step = self._end(update)
+        if session is not None and not step.flagged:
+            await session.aclose()
+        return step
 
     async def aabort(self) -> None:
         if self.session is not None:
@@ -258,10 +338,25 @@ class StreamGate(Generic[T]):
     def _release(self, update: StreamUpdate | None) -> GateStep[T]:
         if update is not None:
             self.last_update = update
+            self._observe(update)
             if update.flagged:
                 return self._flag(update)
-        limit = self._fed if self._open else self._settled()
+        limit = self._fed if self._open else min(self._settled(), self._behind_head())
         return GateStep(released=self._take(limit), update=update)
+
+    def _observe(self, update: StreamUpdate) -> None:
+        for tv in update.token_verdicts:
+            self._starts.append(self._scored)
+            self._scored += len(tv.text)
+
+    def _behind_head(self) -> int:
+        """The offset ``buffer_tokens`` judged tokens behind the moderation head (sessions that
+        report no tokens, the Gen fallback, already hold back to their last check)."""
+        if not self.buffer_tokens or self.last_update is None:
+            return self._fed
+        if not self._starts:
+            return self._fed
+        return self._starts[-self.buffer_tokens] if len(self._starts) >= self.buffer_tokens else 0
 
     def _settled(self) -> int:
         if self.session is None:
@@ -279,14 +374,17 @@ class StreamGate(Generic[T]):
     def _flag(self, update: StreamUpdate) -> GateStep[T]:
         offset = update.flag_offset if update.flag_offset is not None else self._released_to
         offset = max(offset, self._released_to)
-        released = self._take(offset)
+        released: tuple[T, ...] = ()
         partial: tuple[T, str] | None = None
-        if self._held:
-            chunk, end, text = self._held[0]
-            start = end - len(text)
-            if start < offset:
-                partial = (chunk, text[: offset - start])
-        self._held.clear()
+        if not self.keep_on_flag:  # stop here: what precedes the flagged span goes out
+            released = self._take(offset)
+            if self._held:
+                chunk, end, text = self._held[0]
+                start = end - len(text)
+                if start < offset:
+                    partial = (chunk, text[: offset - start])
+            self._held.clear()
+        # (kept for a rollback: nothing more is released, the held chunks stay)
         verdict = update.verdict
         decision = (
             self.policy.decide(verdict, Surface.OUTPUT)

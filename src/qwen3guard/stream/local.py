@@ -299,6 +299,28 @@ class LocalStreamSession(StreamSession):
         self._ended = True  # every token has been judged: all of it is settled, unless flagged
         return self._snapshot(tvs, {"closed": True})
 
+    def _reset_answer(self) -> None:
+        backend, plan = self._backend, self._plan
+        prompt_len = len(plan.ids)  # a slide rebuilds the cache with the prompt first, too
+        cache = backend.crop(self._kv.cache, prompt_len)
+        if cache is None:
+            _, cache = backend.forward(plan.ids, None, last=0)
+        self._kv.cache = cache
+        self._cache_len = prompt_len
+        self._debouncer = Debouncer(self._debouncer.policy, self._debouncer.mode)
+        self._tokens = 0
+        self._scored_end = 0
+        self._ended = False
+        self._retok = None
+        self._retok_base = 0
+        self._last_piece_end = 0
+        self._decoder = None
+        self._tail_fed = False
+        self._tail_ids = []
+        self._recent.clear()
+        if self._trace is not None:
+            self._trace, self._trace_ids = [], []
+
     def _free(self) -> None:
         self._finalizer()  # frees the cache and tells the backend; runs once
 

@@ -20,7 +20,7 @@ from ..gen.tokenize import ConversationEncoder
 from ..messages import Message
 from ..verdict import RiskLevel, Role, Verdict
 from ..windows import window_conversation
-from .fastpath import FastDecoder, verify
+from .fastpath import FastDecoder, KVBuffer, verify
 from .labels import resolve_labels
 from .retokenize import encode_plain, kept_added_tokens
 from .types import TokenVerdict
@@ -223,6 +223,20 @@ class LocalStreamBackend:
         if new_cache is None:
             new_cache = cache
         return risk, cat, q_risk, q_cat, new_cache
+
+    def crop(self, cache: Any, length: int) -> Any:
+        """``cache`` cut back to its first ``length`` positions, or None when this cache type
+        cannot be cut (then the caller recomputes it)."""
+        if isinstance(cache, KVBuffer):
+            cache.crop(length)
+            return cache
+        try:  # transformers 5: a negative count removes that many positions from the end
+            remove = int(cache.get_seq_length()) - length
+            if remove > 0:
+                cache.crop(-remove)
+            return cache
+        except Exception:  # noqa: BLE001 - any other cache: recompute
+            return None
 
     def query_verdict(self, out: StepOutput) -> Verdict:
         torch = self._torch

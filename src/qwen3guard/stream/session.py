@@ -57,6 +57,7 @@ class StreamSession:
         self._alock: asyncio.Lock | None = None
         self._closed = False
         self._final: StreamUpdate | None = None
+        self._end_update: StreamUpdate | None = None  # set by end(), cleared by rollback()
         self._text_parts: list[str] = []
         self._text_cache: str | None = ""
         self._text_len = 0
@@ -106,14 +107,14 @@ class StreamSession:
         if not isinstance(chunk, str):
             raise InvalidInputError(f"feed_text() takes a str, not {type(chunk).__name__}")
         with self._lock:
-            self._check_open()
+            self._check_feedable()
             return self._feed_text(chunk)
 
     def feed_ids(self, ids: Sequence[int]) -> StreamUpdate:
         """Feed the next ids of the answer (LLMs that share Qwen3's tokenizer)."""
         ids = _as_id_list(ids)
         with self._lock:
-            self._check_open()
+            self._check_feedable()
             return self._feed_ids(ids)
 
     def close(self) -> StreamUpdate:
@@ -124,13 +125,48 @@ class StreamSession:
                 assert self._final is not None
                 return self._final
             try:
-                self._final = self._close()
+                self._final = self._end_update if self._end_update is not None else self._close()
             finally:
                 self._closed = True
                 self._free()
                 if self._final is None:  # _close raised
                     self._final = self._snapshot((), {"closed": True, "aborted": True})
             return self._final
+
+    def end(self) -> StreamUpdate:
+        """The answer is complete: judge what was held back, as :meth:`close` does, but keep the
+        session so that it can still be rolled back. Feeding again needs a :meth:`rollback`
+        first; :meth:`close` after it only frees. Idempotent."""
+        with self._lock:
+            self._check_open()
+            if self._end_update is None:
+                self._end_update = self._close()
+            return self._end_update
+
+    def rollback(self, offset: int) -> StreamUpdate:
+        """Forget the answer after ``offset`` (a character offset in ``response_text``): the
+        session becomes the same as a fresh session on the same prompt fed
+        ``response_text[:offset]`` in one chunk (same per-token verdicts, same flag state; a flag
+        after ``offset`` is gone). Returns the update that feeding the kept text gives. Used to
+        regenerate a flagged answer from a kept prefix (:mod:`qwen3guard.stream.intervene`)."""
+        with self._lock:
+            self._check_open()
+            kept = self._kept(offset)
+            self._forget_answer()
+            return self._feed_text(kept) if kept else self._snapshot((), {"rolled_back": True})
+
+    def _forget_answer(self) -> None:
+        self._text_parts, self._text_cache, self._text_len = [], "", 0
+        self._end_update = None
+        self._reset_answer()
+
+    def _kept(self, offset: int) -> str:
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise InvalidInputError(f"rollback() takes an int offset, not {type(offset).__name__}")
+        text = self.response_text
+        if not 0 <= offset <= len(text):
+            raise InvalidInputError(f"rollback({offset}): the answer has {len(text)} characters")
+        return text[:offset]
 
     def abort(self) -> None:
         """Free the session without judging held-back text (used when the caller's code
@@ -164,6 +200,14 @@ class StreamSession:
         async with self._async_lock():
             return await self._aclose()
 
+    async def aend(self) -> StreamUpdate:
+        async with self._async_lock():
+            return await self._aend()
+
+    async def arollback(self, offset: int) -> StreamUpdate:
+        async with self._async_lock():
+            return await self._arollback(offset)
+
     async def aabort(self) -> None:
         async with self._async_lock():
             await asyncio.to_thread(self.abort)
@@ -177,6 +221,12 @@ class StreamSession:
 
     async def _aclose(self) -> StreamUpdate:
         return await asyncio.to_thread(self.close)
+
+    async def _arollback(self, offset: int) -> StreamUpdate:
+        return await asyncio.to_thread(self.rollback, offset)
+
+    async def _aend(self) -> StreamUpdate:
+        return await asyncio.to_thread(self.end)
 
     # -- context managers ----------------------------------------------------------------------
 
@@ -204,6 +254,11 @@ class StreamSession:
         if self._closed:
             raise GuardUnavailableError("this stream session is closed")
 
+    def _check_feedable(self) -> None:
+        self._check_open()
+        if self._end_update is not None:
+            raise InvalidInputError("this answer has ended (end()); rollback() before feeding")
+
     def _feed_text(self, chunk: str) -> StreamUpdate:
         raise NotImplementedError
 
@@ -212,6 +267,10 @@ class StreamSession:
 
     def _close(self) -> StreamUpdate:
         raise NotImplementedError
+
+    def _reset_answer(self) -> None:
+        """Back to the state right after open (the prompt judged, no answer fed)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot roll back")
 
     def _free(self) -> None:
         """Release memory; must not raise."""
