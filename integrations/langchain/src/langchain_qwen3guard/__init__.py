@@ -10,9 +10,18 @@
 - :class:`Qwen3GuardDocumentFilter`: drop or annotate unsafe and injected retrieved documents;
 - :func:`guard_tool`: a tool whose arguments and result are screened.
 
-Blocked content raises :class:`Qwen3GuardViolation` (``stage``, ``verdict``, ``content``)
-unless a component is told to replace it. ``guard=None`` everywhere means the process-wide
-default guard (``qwen3guard.get_default_guard()``), built from the environment on first use.
+Blocked content raises :class:`Qwen3GuardViolation` (``stage``, ``verdict``, ``content``,
+``decision``) unless a component is told to replace it (by default with
+``qwen3guard.DEFAULT_REFUSAL_MESSAGE``; what was decided is recorded under
+``qwen3guard.METADATA_KEY`` as ``Decision.to_dict()``). ``guard=None`` everywhere means the
+process-wide default guard (``qwen3guard.get_default_guard()``), built from the environment on
+first use.
+
+What is judged is every text a message holds (:mod:`qwen3guard.content`): text, reasoning /
+thinking blocks, tool calls (also invalid ones and those in ``additional_kwargs``) and
+structured output; a content block the guard cannot read raises
+:class:`qwen3guard.InvalidInputError`. Streaming goes through the core
+:class:`qwen3guard.StreamGate`: only text the guard has settled is passed on.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from qwen3guard import Qwen3GuardViolation
 
-from ._convert import DEFAULT_VIOLATION_MESSAGE, METADATA_KEY
+from ._convert import DEFAULT_VIOLATION_MESSAGE, METADATA_KEY, NO_PROMPT
 from .callbacks import AsyncQwen3GuardCallbackHandler, Qwen3GuardCallbackHandler
 from .chat_model import Qwen3GuardChatModel, guard_chat_model
 from .documents import Qwen3GuardDocumentFilter
@@ -36,6 +45,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_VIOLATION_MESSAGE",
     "METADATA_KEY",
+    "NO_PROMPT",
     "PROMPT_CONFIG_KEY",
     "AsyncQwen3GuardCallbackHandler",
     "Qwen3GuardCallbackHandler",

@@ -89,7 +89,7 @@ def run(core: Core[R]) -> R:
         try:
             op = core.throw(error) if error is not None else core.send(value)
         except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+            return stop.value
         value, error = None, None
         try:
             value = op.sync(*op.args, **op.kwargs)
@@ -104,7 +104,7 @@ async def arun(core: Core[R]) -> R:
         try:
             op = core.throw(error) if error is not None else core.send(value)
         except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+            return stop.value
         value, error = None, None
         try:
             value = await op.asyn(*op.args, **op.kwargs)

@@ -38,7 +38,12 @@ from uuid import UUID
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.messages import BaseMessage
-from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.outputs import (
+    ChatGeneration,
+    ChatGenerationChunk,
+    GenerationChunk,
+    LLMResult,
+)
 
 from qwen3guard import (
     Decision,
@@ -322,7 +327,14 @@ class Qwen3GuardCallbackHandler(_Base, BaseCallbackHandler):
         run(self._start(run_id, self._prompt_of_llm(prompts)))
 
     def on_llm_new_token(
-        self, token: str, *, chunk: Any = None, run_id: UUID, **kwargs: Any
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
         run(self._token(run_id, token, chunk))
 
@@ -375,7 +387,14 @@ class AsyncQwen3GuardCallbackHandler(_Base, AsyncCallbackHandler):
         await arun(self._start(run_id, self._prompt_of_llm(prompts)))
 
     async def on_llm_new_token(
-        self, token: str, *, chunk: Any = None, run_id: UUID, **kwargs: Any
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
     ) -> None:
         await arun(self._token(run_id, token, chunk))
 

@@ -184,7 +184,9 @@ class Qwen3GuardChatModel(BaseChatModel):
         working), between a check of the request and a check of the parsed result (as
         JSON, judged as the answer to the request). A blocked request or result raises
         :class:`qwen3guard.Qwen3GuardViolation` (a structured result cannot be replaced)."""
-        inner = _base_model(self.llm) or self.llm
+        inner: Any = _base_model(self.llm) or self.llm
+        if not hasattr(inner, "with_structured_output"):
+            raise NotImplementedError(f"{type(inner).__name__} has no with_structured_output()")
         structured = inner.with_structured_output(schema, include_raw=include_raw, **kwargs)
         return _GuardedStructured(guarded=self, structured=structured).with_config(
             run_name="Qwen3GuardStructuredOutput"
@@ -244,7 +246,7 @@ class Qwen3GuardChatModel(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         if stop is not None:
             kwargs = {**kwargs, "stop": stop}
-        for chunk in self.llm.stream(messages, config=dict(_INNER_CONFIG), **kwargs):
+        for chunk in self.llm.stream(messages, config=_INNER_CONFIG.copy(), **kwargs):
             yield _as_generation_chunk(chunk)
 
     async def _inner_astream(
@@ -252,7 +254,7 @@ class Qwen3GuardChatModel(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         if stop is not None:
             kwargs = {**kwargs, "stop": stop}
-        async for chunk in self.llm.astream(messages, config=dict(_INNER_CONFIG), **kwargs):
+        async for chunk in self.llm.astream(messages, config=_INNER_CONFIG.copy(), **kwargs):
             yield _as_generation_chunk(chunk)
 
     def _rules(self, messages: list[BaseMessage]) -> StreamRules:

@@ -157,10 +157,20 @@ class Qwen3GuardRunnable(RunnableSerializable[Any, Any]):
     # -- invoke ---------------------------------------------------------------------------------
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return self._call_with_config(self._invoke, input, config, **kwargs)
+        return self._call_with_config(self._invoke_run, input, config, **kwargs)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return await self._acall_with_config(self._ainvoke, input, config, **kwargs)
+        return await self._acall_with_config(self._ainvoke_run, input, config, **kwargs)
+
+    def _invoke_run(
+        self, input: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig
+    ) -> Any:
+        return self._invoke(input, config)
+
+    async def _ainvoke_run(
+        self, input: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig
+    ) -> Any:
+        return await self._ainvoke(input, config)
 
     def _guard(self) -> Qwen3Guard:
         return self.guard if self.guard is not None else get_default_guard()
