@@ -3,9 +3,9 @@
     python scripts/check_wheels.py            # build, list each wheel's files, check
     python scripts/check_wheels.py --quiet    # only the verdict per wheel
 
-Needs ``build`` (in the dev extra). Each wheel is built with ``python -m build --wheel`` into a
-temporary directory (the package's ``build/`` folder is left behind, as ``build`` does; it is
-ignored by git). Exit 1 when a wheel holds a file that looks like test tooling: a ``tests`` or
+Needs ``build`` (in the dev extra). Each package is built with ``python -m build`` into a
+temporary directory: the sdist first, then the wheel from the sdist, so no stale ``build/``
+folder in the checkout can add files to the wheel, and the sdist is checked to build too. Exit 1 when a wheel holds a file that looks like test tooling: a ``tests`` or
 ``testing`` folder, a ``test_*.py`` or ``conftest.py`` file, or a server launcher (``launch.py``).
 """
 
@@ -29,7 +29,7 @@ TEST_TOOLING = re.compile(
 def build_wheel(package: Path, outdir: Path) -> Path:
     before = set(outdir.glob("*.whl"))
     result = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(outdir), str(package)],
+        [sys.executable, "-m", "build", "--outdir", str(outdir), str(package)],
         capture_output=True,
         text=True,
     )
