@@ -1,4 +1,7 @@
-"""Fixtures of this package's tests: guards on the built-in small checkpoints.
+"""Fixtures of this package's tests: the built-in small checkpoints, and guards loaded on them.
+
+The same fixtures as the core's ``tests/conftest.py`` (``tiny_dir``, ``gen_path``,
+``stream_path``, ``gen_guard``, ``guard``).
 
 Self-contained (nothing from the repository's root ``conftest.py``), so the suite runs on its
 own: ``pytest`` from this package's directory, or ``pytest integrations/llama-index/tests`` from
@@ -30,16 +33,26 @@ def tiny_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def gen_guard(tiny_dir: Path) -> Iterator[Qwen3Guard]:
+def gen_path(tiny_dir: Path) -> str:
+    return str(tiny_dir / "gen")
+
+
+@pytest.fixture(scope="session")
+def stream_path(tiny_dir: Path) -> str:
+    return str(tiny_dir / "stream")
+
+
+@pytest.fixture(scope="session")
+def gen_guard(gen_path: str) -> Iterator[Qwen3Guard]:
     """A guard with only the Gen model (shared by the tests; do not close it)."""
-    guard = Qwen3Guard.from_pretrained(str(tiny_dir / "gen"))
+    guard = Qwen3Guard.from_pretrained(gen_path)
     yield guard
     guard.close()
 
 
 @pytest.fixture(scope="session")
-def guard(tiny_dir: Path) -> Iterator[Qwen3Guard]:
+def guard(gen_path: str, stream_path: str) -> Iterator[Qwen3Guard]:
     """A guard with Gen and Stream models (shared by the tests; do not close it)."""
-    guard = Qwen3Guard.from_pretrained(str(tiny_dir / "gen"), stream_model=str(tiny_dir / "stream"))
+    guard = Qwen3Guard.from_pretrained(gen_path, stream_model=stream_path)
     yield guard
     guard.close()
