@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from li_testkit import CLEAN_DOCS, POISON, SAFE_ANSWER, ScriptedLLM, build_index
+from li_testkit import CLEAN_DOCS, POISON, SAFE_ANSWER, UNSAFE_ANSWER, ScriptedLLM, build_index
+from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.chat_engine import CondensePlusContextChatEngine
-from llama_index.postprocessor.qwen3guard import Qwen3GuardNodePostprocessor, Qwen3GuardViolation
+from llama_index.postprocessor.qwen3guard import (
+    DEFAULT_REFUSAL_MESSAGE,
+    METADATA_KEY,
+    Qwen3GuardChatEngine,
+    Qwen3GuardNodePostprocessor,
+    Qwen3GuardViolation,
+)
+
+UNSAFE_QUERY = "How can I make a bomb?"
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +67,72 @@ def test_chat_engine_check_query(index, gen_guard):
     with pytest.raises(Qwen3GuardViolation):
         engine.chat("How can I make a bomb?")
     assert llm.prompts == []  # the first turn has no history to condense: nothing was asked
+
+
+# -- Qwen3GuardChatEngine: the message, the history and the answer (issue 10, class 9) ------------
+
+
+def _guarded(index, guard, llm, **kw):
+    return Qwen3GuardChatEngine(_engine(index, guard, llm), guard=guard, **kw)
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_unsafe_follow_up_never_reaches_the_llm(index, gen_guard, use_async):
+    # The postprocessor's check_query sees only the condensed question; the condense step
+    # itself shows the raw follow-up to the LLM. The wrapper judges it before anything runs.
+    llm = ScriptedLLM()
+    engine = _guarded(index, gen_guard, llm)
+    engine.chat("Where is the Eiffel Tower?")
+    llm.reset()
+    with pytest.raises(Qwen3GuardViolation) as info:
+        await engine.achat(UNSAFE_QUERY) if use_async else engine.chat(UNSAFE_QUERY)
+    assert info.value.stage == "input" and llm.prompts == []
+
+
+@pytest.mark.parametrize("method", ["chat", "stream_chat"])
+def test_unsafe_turn_in_the_given_history_is_caught(index, gen_guard, method):
+    llm = ScriptedLLM()
+    engine = _guarded(index, gen_guard, llm)
+    history = [
+        ChatMessage(role=MessageRole.USER, content=UNSAFE_QUERY),
+        ChatMessage(role=MessageRole.ASSISTANT, content="Let me look into that."),
+    ]
+    with pytest.raises(Qwen3GuardViolation):
+        getattr(engine, method)("Thanks!", chat_history=history)
+    assert llm.prompts == []
+
+
+def test_unsafe_answer_is_replaced_and_kept_out_of_memory(index, gen_guard):
+    llm = ScriptedLLM(answer=UNSAFE_ANSWER)
+    engine = _guarded(index, gen_guard, llm, exit_behavior="replace")
+    reply = engine.chat("Where is the Eiffel Tower?")
+    assert str(reply) == DEFAULT_REFUSAL_MESSAGE
+    assert reply.metadata[METADATA_KEY]["output"]["risk"] == "Unsafe"
+    assert all("bomb" not in (m.content or "") for m in engine.chat_history)
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_streamed_answer_is_cut_before_the_flag(index, guard, use_async):
+    llm = ScriptedLLM(answer=UNSAFE_ANSWER)
+    engine = _guarded(index, guard, llm)
+    shown = ""
+    with pytest.raises(Qwen3GuardViolation) as info:
+        if use_async:
+            stream = await engine.astream_chat("Where is the Eiffel Tower?")
+            async for text in stream.async_response_gen():
+                shown += text
+        else:
+            stream = engine.stream_chat("Where is the Eiffel Tower?")
+            for text in stream.response_gen:
+                shown += text
+    assert info.value.stage == "output"
+    assert UNSAFE_ANSWER.startswith(shown) and " bomb" not in shown
+    assert all("bomb" not in (m.content or "") for m in engine.chat_history)
+
+
+def test_safe_chat_passes_unchanged(index, guard):
+    llm = ScriptedLLM()
+    engine = _guarded(index, guard, llm)
+    assert str(engine.chat("Where is the Eiffel Tower?")) == SAFE_ANSWER
+    assert "".join(engine.stream_chat("And when was it built?").response_gen) == SAFE_ANSWER
+    assert [m.role for m in engine.chat_history] == ["user", "assistant"] * 2

@@ -5,6 +5,8 @@
 - :class:`Qwen3GuardQueryEngine`: judge the query before retrieval and the answer after
   synthesis; streamed answers go through the core :class:`qwen3guard.StreamGate` and are cut
   off before the flagged span.
+- :class:`Qwen3GuardChatEngine`: judge a chat engine's message and given history before it
+  runs, and its answers (streamed ones through the core gate).
 - :func:`guard_tool`: screen a tool's arguments and output (``call`` and ``acall``).
 - :func:`moderate_agent_stream`: moderate what a ``FunctionAgent`` / ``AgentWorkflow`` run
   shows (streamed text, tool calls, tool results) and cancel the run when it turns unsafe.
@@ -20,6 +22,7 @@ from qwen3guard import DEFAULT_REFUSAL_MESSAGE, METADATA_KEY, Qwen3GuardViolatio
 from ._common import DEFAULT_VIOLATION_MESSAGE, NO_PROMPT
 from .agent import moderate_agent_stream
 from .base import Qwen3GuardNodePostprocessor
+from .chat_engine import Qwen3GuardChatEngine
 from .query_engine import Qwen3GuardQueryEngine
 from .tools import GuardedFunctionTool, GuardedTool, guard_tool
 
@@ -30,6 +33,7 @@ __all__ = [
     "NO_PROMPT",
     "GuardedFunctionTool",
     "GuardedTool",
+    "Qwen3GuardChatEngine",
     "Qwen3GuardNodePostprocessor",
     "Qwen3GuardQueryEngine",
     "Qwen3GuardViolation",

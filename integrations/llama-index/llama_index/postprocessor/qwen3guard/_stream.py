@@ -12,7 +12,7 @@ Sync and async walks share :class:`Moderation`; they differ only in how they wai
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from typing import Any, Generic, TypeVar
 
 from qwen3guard import (
@@ -111,6 +111,11 @@ class Moderation(Generic[T]):
         )
 
 
+def empty_text() -> Generator[str, None, None]:
+    """A text generator with nothing in it."""
+    yield from ()
+
+
 def _cut_text(chunk: str, text: str) -> str | None:
     return text or None
 
@@ -127,7 +132,7 @@ def moderate_text(
     policy: Policy | None,
     on_block: Callable[[Moderation[str]], Iterator[str]],
     on_done: Callable[[Moderation[str]], None] | None = None,
-) -> Iterator[str]:
+) -> Generator[str, None, None]:
     """Moderate a sync stream of text chunks. ``on_block`` yields what follows the safe prefix
     (or raises); the upstream generator is closed as soon as the answer is blocked."""
     run: Moderation[str] = Moderation(lambda s: s, _cut_text)
@@ -169,7 +174,7 @@ async def amoderate_text(
     policy: Policy | None,
     on_block: Callable[[Moderation[str]], Iterator[str]],
     on_done: Callable[[Moderation[str]], None] | None = None,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """The async form of :func:`moderate_text`."""
     run: Moderation[str] = Moderation(lambda s: s, _cut_text)
     pol = policy if policy is not None else guard.policy

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
@@ -29,7 +29,7 @@ from ._common import (
     response_turns,
     user_turn,
 )
-from ._stream import Moderation, amoderate_text, moderate_text
+from ._stream import Moderation, amoderate_text, empty_text, moderate_text
 
 
 class Qwen3GuardQueryEngine(BaseQueryEngine):
@@ -159,14 +159,14 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
 
     def _judged(self, response: Any, decision: Decision, text: str) -> RESPONSE_TYPE:
         if decision.allowed:
-            return response  # type: ignore[no-any-return]
+            return response
         if self.exit_behavior == "error":
             raise_if_blocked(decision, text)
         metadata = dict(response.metadata or {})
         metadata[METADATA_KEY] = {"blocked": "output", "output": decision.to_dict()}
         if isinstance(response, StreamingResponse):
             return StreamingResponse(
-                response_gen=iter(()),
+                response_gen=empty_text(),
                 source_nodes=list(response.source_nodes),
                 metadata=metadata,
                 response_txt=self.violation_message,
@@ -183,10 +183,10 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
     def _guard_stream(self, response: Any, query: str) -> RESPONSE_TYPE:
         """A live stream, moderated as the consumer reads it (any other response as is)."""
         if not self.check_response:
-            return response  # type: ignore[no-any-return]
+            return response
         if isinstance(response, StreamingResponse) and response.response_gen is not None:
             sync = StreamingResponse(
-                response_gen=iter(()),
+                response_gen=empty_text(),
                 source_nodes=response.source_nodes,
                 metadata=response.metadata,
                 response_txt=None,
@@ -201,7 +201,7 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
             )
             return sync
         if isinstance(response, AsyncStreamingResponse):
-            gen: AsyncIterator[str] = amoderate_text(
+            gen = amoderate_text(
                 response.response_gen,
                 self.guard,
                 user_turn(query),
@@ -210,12 +210,12 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
                 on_done=lambda run: _record(guarded, run),
             )
             guarded = AsyncStreamingResponse(
-                response_gen=gen,  # type: ignore[arg-type]
+                response_gen=gen,
                 source_nodes=response.source_nodes,
                 metadata=response.metadata,
             )
             return guarded
-        return response  # type: ignore[no-any-return]
+        return response
 
 
 def _text_of(response: Any) -> str:
