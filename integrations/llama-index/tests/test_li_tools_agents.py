@@ -4,6 +4,7 @@ The agent's LLM is llama-index-core's ``MockFunctionCallingLLM`` driven by a scr
 turn calls a tool, its second answers; it records every message list it is given.
 """
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -283,3 +284,23 @@ async def test_agent_stream_safe_tool_run_passes(guard):
     assert "ToolCall" in kinds and "ToolCallResult" in kinds and "AgentOutput" in kinds
     assert ran == [SAFE_ARGS["query"]]
     await handler  # the run completed
+
+
+def test_function_tool_callables_are_guarded_too(gen_guard):
+    # CodeActAgent runs tool.real_fn in its sandbox and to_langchain_tool() hands over .fn /
+    # .async_fn: a guarded FunctionTool's callables are guarded, with the same signature.
+    import inspect
+
+    ran: list[str] = []
+    inner = _search_tool(ran)
+    tool = guard_tool(inner, gen_guard)
+    assert inspect.signature(tool.real_fn) == inspect.signature(inner.real_fn)
+    for fn in (tool.fn, tool.real_fn):
+        with pytest.raises(Qwen3GuardViolation):
+            fn(**BOMB_ARGS)
+    with pytest.raises(Qwen3GuardViolation):
+        asyncio.run(tool.async_fn(**BOMB_ARGS))
+    assert ran == []
+    assert tool.fn(**SAFE_ARGS) == "It is sunny in Paris."  # the function's own return value
+    replaced = guard_tool(_search_tool(ran, BOMB_RESULT), gen_guard, exit_behavior="replace")
+    assert replaced.fn(**SAFE_ARGS) == DEFAULT_REFUSAL_MESSAGE

@@ -3,6 +3,7 @@ LLM reads it."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from llama_index.core.tools import FunctionTool
@@ -158,9 +159,11 @@ class GuardedTool(_ToolGuard, AsyncBaseTool):
 class GuardedFunctionTool(_ToolGuard, FunctionTool):
     """A :class:`~llama_index.core.tools.FunctionTool`, screened like :class:`GuardedTool`.
 
-    It stays a ``FunctionTool`` (same metadata, same ``fn``), so agents still hand it their
-    workflow ``Context`` when the function asks for one; the Context is never judged. Only
-    ``call`` / ``acall`` / ``__call__`` are guarded: calling ``.fn`` directly bypasses it.
+    It stays a ``FunctionTool`` (same metadata, same signature), so agents still hand it their
+    workflow ``Context`` when the function asks for one; the Context is never judged. Its
+    callables are guarded too: ``fn`` / ``real_fn`` / ``async_fn`` (what ``CodeActAgent`` runs
+    and ``to_langchain_tool()`` hands over) screen like ``call`` / ``acall`` and return the
+    function's own value (or ``violation_message`` when blocked with ``"replace"``).
     """
 
     def __init__(
@@ -177,9 +180,9 @@ class GuardedFunctionTool(_ToolGuard, FunctionTool):
         # FunctionTool's own __init__ re-inspects the function; copy what the wrapped tool
         # already worked out instead. partial_params / defaults / callbacks stay on the inner.
         self._metadata = tool.metadata
-        self._real_fn = tool.real_fn
-        self._fn = tool.fn
-        self._async_fn = tool.async_fn
+        self._real_fn = _guarded_sync(self, tool.real_fn) if tool.real_fn is not None else None
+        self._fn = _guarded_sync(self, tool.fn)
+        self._async_fn = _guarded_async(self, tool.async_fn)
         self.requires_context = tool.requires_context
         self.ctx_param_name = tool.ctx_param_name
         self.partial_params = {}
@@ -192,6 +195,30 @@ class GuardedFunctionTool(_ToolGuard, FunctionTool):
 
     def __call__(self, *args: Any, **kwargs: Any) -> ToolOutput:
         return self.call(*args, **kwargs)
+
+
+def _value(output: ToolOutput) -> Any:
+    """What a guarded callable returns: the function's own value, or the violation message."""
+    raw = output.raw_output
+    if output.is_error and isinstance(raw, dict) and METADATA_KEY in raw:
+        return output.content
+    return raw
+
+
+def _guarded_sync(owner: GuardedFunctionTool, fn: Any) -> Any:
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        return _value(owner.call(*args, **kwargs))
+
+    return guarded
+
+
+def _guarded_async(owner: GuardedFunctionTool, fn: Any) -> Any:
+    @functools.wraps(fn)
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        return _value(await owner.acall(*args, **kwargs))
+
+    return guarded
 
 
 def guard_tool(
