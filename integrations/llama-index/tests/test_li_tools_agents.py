@@ -16,7 +16,14 @@ from llama_index.core.agent.workflow import (
     ToolCall,
     ToolCallResult,
 )
-from llama_index.core.base.llms.types import CitableBlock, ImageBlock, TextBlock
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    CitableBlock,
+    ImageBlock,
+    MessageRole,
+    TextBlock,
+)
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llama_index.core.tools import FunctionTool, QueryEngineTool
 from llama_index.core.workflow import Context
@@ -304,3 +311,44 @@ def test_function_tool_callables_are_guarded_too(gen_guard):
     assert tool.fn(**SAFE_ARGS) == "It is sunny in Paris."  # the function's own return value
     replaced = guard_tool(_search_tool(ran, BOMB_RESULT), gen_guard, exit_behavior="replace")
     assert replaced.fn(**SAFE_ARGS) == DEFAULT_REFUSAL_MESSAGE
+
+
+class ThinkingLLM(MockFunctionCallingLLM):
+    """Streams ``thinking`` chunks (as ``thinking_delta``, the way reasoning LLMs report them)
+    before the ``answer`` chunks."""
+
+    thinking: list[str] = []
+    answer: list[str] = []
+
+    async def astream_chat(self, messages: Any, **kwargs: Any) -> Any:
+        thinking, answer = list(self.thinking), list(self.answer)
+
+        async def gen() -> Any:
+            for t in thinking:
+                await asyncio.sleep(0.001)
+                yield ChatResponse(
+                    message=ChatMessage(role=MessageRole.ASSISTANT, content=""),
+                    delta="",
+                    additional_kwargs={"thinking_delta": t},
+                )
+            text = ""
+            for a in answer:
+                await asyncio.sleep(0.001)
+                text += a
+                yield ChatResponse(
+                    message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=a
+                )
+
+        return gen()
+
+
+async def test_agent_stream_judges_thinking(guard):
+    llm = ThinkingLLM(thinking=split_tokens(UNSAFE_ANSWER), answer=split_tokens("It is sunny."))
+    handler = FunctionAgent(tools=[], llm=llm).run("Tell me about the tower.")
+    thought = ""
+    with pytest.raises(Qwen3GuardViolation) as info:
+        async for ev in moderate_agent_stream(handler, guard=guard):
+            if isinstance(ev, AgentStream):
+                thought += ev.thinking_delta or ""
+    assert info.value.stage == "output"
+    assert UNSAFE_ANSWER.startswith(thought) and " bomb" not in thought
