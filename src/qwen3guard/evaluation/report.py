@@ -97,6 +97,7 @@ def evaluate_gen(
             commit=OFFICIAL_COMMIT,
             max_new_tokens=getattr(getattr(guard, "gen", None), "max_new_tokens", None),
             not_run=sum(1 for x in raws if not isinstance(x, str)),
+            outputs=[{"row": r.index, "output": t} for r, t in zip(runnable, texts)],
         )
         by_row = dict(zip((r.index for r in runnable), raws))
         results: list[Any] = []
