@@ -249,3 +249,15 @@ def test_a_system_message_that_is_not_first_is_judged(guard):
         ScriptedChatModel(script=[SAFE_ANSWER]).invoke(
             conversation, config={"callbacks": [Qwen3GuardCallbackHandler(guard)]}
         )
+
+
+# -- names (issue 11) -------------------------------------------------------------------------
+
+
+def test_holdback_tokens_is_a_deprecated_alias(guard):
+    with pytest.warns(DeprecationWarning):
+        r = Qwen3GuardRunnable(guard=guard, holdback_tokens=3)
+    assert r.hold_back_tokens == 3 and r.holdback_tokens == 3
+    m = Qwen3GuardChatModel(llm=ScriptedChatModel(script=[SAFE_ANSWER]), guard=guard,
+                            holdback_tokens=1)  # the default value: accepted quietly
+    assert m.hold_back_tokens == 1
