@@ -84,12 +84,14 @@ def pooling_url(base_url: str) -> str:
 @dataclass(frozen=True)
 class RequestStats:
     """One request to vLLM: the tokens it carried, how many vLLM read from its cache, and how
-    many it computed (``num_tokens - num_cached_tokens``)."""
+    many it computed (``num_tokens - num_cached_tokens``); ``wanted_from`` is the first
+    position whose rows were asked for (so ``num_tokens - wanted_from`` tokens were new)."""
 
     num_tokens: int
     num_cached_tokens: int
     wanted_from: int
-    retried_without_cache: bool = False
+    cache_read_off: bool = False
+    fill: bool = False  # a second request of the same forward (see ``forward``)
     seconds: float = 0.0
 
     @property
@@ -230,14 +232,25 @@ class VLLMStreamBackend:
         full = [*prefix, *ids]
         n = len(ids) if last is None else last
         want = len(full) - n
-        data = self._pool(full, want, query_index, salt, read_cache=True)
-        if data["first"] > want or (query_index is not None and data["query"] is None):
-            # More was cached than this session sent before (another request with the same
-            # tokens): vLLM returns rows only for what it computes. Ask again, computing all.
-            data = self._pool(full, want, query_index, salt, read_cache=False)
-            if data["first"] > want or (query_index is not None and data["query"] is None):
+        data = self._pool(full, want, query_index, salt)
+        rows = list(data["rows"])
+        hi = data["first"]
+        while hi > want:
+            # More was cached than this session had sent (another request carried the same
+            # tokens further): vLLM returns rows only for what it computes, and it always
+            # computes at least the last token. Ask for the prefix that ends where the rows
+            # began; each step computes at most the gap plus one block.
+            more = self._pool(full[:hi], want, None, salt, fill=True)
+            if more["first"] >= hi:
                 raise GuardOutputError("vLLM did not return the rows asked for")
-        rows = data["rows"]
+            rows = list(more["rows"]) + rows
+            hi = more["first"]
+        query = data.get("query")
+        if query_index is not None and query is None:
+            query = self._pool(full[: query_index + 1], query_index, query_index, salt,
+                               fill=True).get("query")
+            if query is None:
+                raise GuardOutputError("vLLM did not return the query heads asked for")
         nr, nc, nqr, nqc = self._sizes
         if len(rows) != n or any(len(r) != nr + nc for r in rows):
             raise GuardOutputError(
@@ -247,7 +260,7 @@ class VLLMStreamBackend:
         t = torch.tensor(rows, dtype=torch.float32).reshape(n, nr + nc)
         q_risk = q_cat = None
         if query_index is not None:
-            q = torch.tensor(data["query"], dtype=torch.float32)
+            q = torch.tensor(query, dtype=torch.float32)
             if q.numel() != nqr + nqc:
                 raise GuardOutputError("vLLM returned query heads of the wrong width")
             q_risk, q_cat = q[:nqr], q[nqr:]
@@ -281,7 +294,8 @@ class VLLMStreamBackend:
         query_index: int | None,
         salt: str | None,
         *,
-        read_cache: bool,
+        read_cache: bool = True,
+        fill: bool = False,
     ) -> dict[str, Any]:
         if self._closed:
             raise GuardUnavailableError("the vLLM Stream backend has been closed")
@@ -325,7 +339,7 @@ class VLLMStreamBackend:
                 f"processor's ({exc}); start it with --io-processor-plugin qwen3guard_stream"
             ) from exc
         self.requests.append(
-            RequestStats(len(ids), cached, want, not read_cache, time.perf_counter() - t0)
+            RequestStats(len(ids), cached, want, not read_cache, fill, time.perf_counter() - t0)
         )
         data["first"] = first
         return data

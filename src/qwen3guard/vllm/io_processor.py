@@ -29,8 +29,9 @@ Response ``data``::
 
 vLLM computes (and returns rows for) only the positions after its cached blocks, so ``first``
 is ``max(from, num_cached_tokens)``. ``first > from`` happens when more of the sequence was
-cached than the client expected (another request with the same tokens); the client then asks
-again with ``"read_cache": false``.
+cached than the client expected (another request carried the same tokens further); the client
+then asks for the prefix that ends at ``first`` (vLLM always computes at least a prompt's last
+token), which costs the gap plus at most one block. ``"read_cache": false`` computes all.
 
 Per-request state: vLLM 0.32 calls ``merge_pooling_params()`` without the request, right after
 ``pre_process`` in the same synchronous block (``get_request_factory_online``), and
