@@ -10,32 +10,30 @@ Sync and async forms share their logic: the async ones differ only in how they w
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
-import time
-import warnings
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-from .errors import (
-    ContextLengthError,
-    GuardOutputError,
-    GuardUnavailableError,
-    InvalidInputError,
-    UnsafeContentError,
-)
+from .errors import GuardUnavailableError, InvalidInputError
 from .gen.base import GenBackend
-from .messages import Message, normalize_messages, require_text, role_of
+from .plans import (
+    BatchPlan,
+    Conversation,
+    ScreenPlan,
+    could_not_judge,
+    prompt_messages,
+    raise_if_blocked,
+    response_messages,
+)
 from .policy import Decision, Policy, Surface
-from .verdict import Verdict, parse_gen_output, worst
+from .verdict import Verdict
 
 if TYPE_CHECKING:
     from .stream.session import StreamBackend, StreamSession
 
-log = logging.getLogger(__name__)
-
-Conversation = str | Sequence[Any]
+__all__ = ["Conversation", "Qwen3Guard", "could_not_judge", "get_default_guard",
+           "raise_if_blocked", "set_default_guard"]
 
 DEFAULT_GEN_MODEL = "Qwen/Qwen3Guard-Gen-0.6B"
 DEFAULT_STREAM_MODEL = "Qwen/Qwen3Guard-Stream-0.6B"
@@ -182,36 +180,56 @@ class Qwen3Guard:
 
     def check(self, messages: Conversation) -> Verdict:
         """Judge a conversation; the last message's role picks prompt or response mode."""
-        return self.check_batch([messages], return_exceptions=False)[0]  # type: ignore[return-value]
+        return self.check_batch([messages])[0]
 
     async def acheck(self, messages: Conversation) -> Verdict:
-        return (await self.acheck_batch([messages], return_exceptions=False))[0]  # type: ignore[return-value]
+        return (await self.acheck_batch([messages]))[0]
 
     def check_prompt(self, text: Any, *, context: Sequence[Any] | None = None) -> Verdict:
-        return self.check(_prompt_messages(text, context))
+        return self.check(prompt_messages(text, context))
 
     async def acheck_prompt(self, text: Any, *, context: Sequence[Any] | None = None) -> Verdict:
-        return await self.acheck(_prompt_messages(text, context))
+        return await self.acheck(prompt_messages(text, context))
 
     def check_response(self, prompt: Any, response: Any) -> Verdict:
         """Judge an answer in the light of its prompt; the verdict includes refusal."""
-        return self.check(_response_messages(prompt, response))
+        return self.check(response_messages(prompt, response))
 
     async def acheck_response(self, prompt: Any, response: Any) -> Verdict:
-        return await self.acheck(_response_messages(prompt, response))
+        return await self.acheck(response_messages(prompt, response))
+
+    @overload
+    def check_batch(
+        self, items: Sequence[Conversation], *, return_exceptions: Literal[False] = False
+    ) -> list[Verdict]: ...
+
+    @overload
+    def check_batch(
+        self, items: Sequence[Conversation], *, return_exceptions: bool
+    ) -> list[Verdict | Exception]: ...
 
     def check_batch(
         self, items: Sequence[Conversation], *, return_exceptions: bool = False
-    ) -> list[Verdict | Exception]:
+    ) -> list[Verdict] | list[Verdict | Exception]:
         """Judge many conversations in batched forward passes. With ``return_exceptions``
         a failed item yields its exception in place instead of raising."""
         plan = self._plan(items)
         raws = self._require_gen().generate(plan.flat) if plan.flat else []
         return plan.finish(raws, return_exceptions)
 
+    @overload
+    async def acheck_batch(
+        self, items: Sequence[Conversation], *, return_exceptions: Literal[False] = False
+    ) -> list[Verdict]: ...
+
+    @overload
+    async def acheck_batch(
+        self, items: Sequence[Conversation], *, return_exceptions: bool
+    ) -> list[Verdict | Exception]: ...
+
     async def acheck_batch(
         self, items: Sequence[Conversation], *, return_exceptions: bool = False
-    ) -> list[Verdict | Exception]:
+    ) -> list[Verdict] | list[Verdict | Exception]:
         plan = self._plan(items)
         raws = await self._require_gen().agenerate(plan.flat) if plan.flat else []
         return plan.finish(raws, return_exceptions)
@@ -232,7 +250,7 @@ class Qwen3Guard:
         content; a guard failure becomes a block (fail-closed) or an allow with a warning
         (fail-open). Bad input raises :class:`InvalidInputError`; empty content is allowed as
         "nothing to judge"."""
-        plan = _ScreenPlan(self, [(messages, surface)], policy, strict_input=True)
+        plan = ScreenPlan(self.policy, [(messages, surface)], policy, strict_input=True)
         if plan.convs:
             plan.results = self.check_batch(plan.convs, return_exceptions=True)
         return plan.finish()[0]
@@ -244,7 +262,7 @@ class Qwen3Guard:
         *,
         policy: Policy | None = None,
     ) -> Decision:
-        plan = _ScreenPlan(self, [(messages, surface)], policy, strict_input=True)
+        plan = ScreenPlan(self.policy, [(messages, surface)], policy, strict_input=True)
         if plan.convs:
             plan.results = await self.acheck_batch(plan.convs, return_exceptions=True)
         return plan.finish()[0]
@@ -261,7 +279,7 @@ class Qwen3Guard:
         non-text part) is blocked, with the :class:`InvalidInputError` in ``decision.error``,
         whatever ``fail_open`` says (it is not the guard that failed); the others are judged.
         """
-        plan = _ScreenPlan(self, items, policy, strict_input=False)
+        plan = ScreenPlan(self.policy, items, policy, strict_input=False)
         if plan.convs:
             plan.results = self.check_batch(plan.convs, return_exceptions=True)
         return plan.finish()
@@ -272,7 +290,7 @@ class Qwen3Guard:
         *,
         policy: Policy | None = None,
     ) -> list[Decision]:
-        plan = _ScreenPlan(self, items, policy, strict_input=False)
+        plan = ScreenPlan(self.policy, items, policy, strict_input=False)
         if plan.convs:
             plan.results = await self.acheck_batch(plan.convs, return_exceptions=True)
         return plan.finish()
@@ -371,188 +389,8 @@ class Qwen3Guard:
             )
         return self.gen
 
-    def _plan(self, items: Sequence[Conversation]) -> _BatchPlan:
+    def _plan(self, items: Sequence[Conversation]) -> BatchPlan:
         if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
             raise InvalidInputError("check_batch() takes a list of conversations or prompts")
         gen = self._require_gen()
-        return _BatchPlan(gen, items)
-
-
-class _BatchPlan:
-    """Normalise every item, split long ones into windows, and put the windows back together
-    once the backend has answered. Bad items fail alone; others still run."""
-
-    def __init__(self, gen: GenBackend, items: Sequence[Conversation]) -> None:
-        self.t0 = time.perf_counter()
-        self.flat: list[list[Message]] = []
-        self.slots: list[tuple[int, int, Any] | Exception] = []
-        for item in items:
-            try:
-                conv = normalize_messages(item)
-                windows = _windows_of(gen, conv)
-            except (InvalidInputError, ValueError) as exc:
-                self.slots.append(exc if isinstance(exc, InvalidInputError)
-                                  else InvalidInputError(str(exc)))
-                continue
-            self.slots.append((len(self.flat), len(windows), role_of(conv)))
-            self.flat.extend(windows)
-
-    def finish(
-        self, raws: Sequence[str | BaseException], return_exceptions: bool
-    ) -> list[Verdict | Exception]:
-        elapsed = time.perf_counter() - self.t0
-        out: list[Verdict | Exception] = []
-        for slot in self.slots:
-            if isinstance(slot, Exception):
-                out.append(slot)
-                continue
-            start, n, role = slot
-            try:
-                verdicts = [_parse(raws[i], role) for i in range(start, start + n)]
-                out.append(worst(verdicts).with_timing(elapsed))
-            except Exception as exc:  # noqa: BLE001
-                out.append(exc)
-        if not return_exceptions:
-            for v in out:
-                if isinstance(v, Exception):
-                    raise v
-        return out
-
-
-def _windows_of(gen: GenBackend, conv: list[Message]) -> list[list[Message]]:
-    """The windows Gen judges ``conv`` in. Gen judges the last turn; earlier turns are context.
-    When the template of a long conversation alone overflows the context (hundreds of short
-    turns), the oldest turns are dropped until it fits: the judged turn is always whole."""
-    # Backends raise ContextLengthError (older ones a bare ValueError) when it does not fit.
-    try:
-        return gen.split_windows(conv)
-    except ValueError:
-        if len(conv) < 2:
-            raise
-    lo, hi, found = 1, len(conv) - 1, None
-    while lo <= hi:  # the fewest oldest turns to drop
-        k = (lo + hi) // 2
-        try:
-            found = gen.split_windows(conv[k:])
-            hi = k - 1
-        except ValueError:
-            lo = k + 1
-    if found is None:
-        raise ContextLengthError("not even the judged turn fits the Gen model's context")
-    return found
-
-
-def _parse(raw: str | BaseException, role: Any) -> Verdict:
-    if isinstance(raw, (GuardUnavailableError, GuardOutputError, InvalidInputError)):
-        raise raw
-    if isinstance(raw, BaseException):
-        raise GuardUnavailableError(f"the Gen backend failed: {raw!r}") from raw
-    return parse_gen_output(raw, role)
-
-
-def _prompt_messages(text: Any, context: Sequence[Any] | None) -> list[Any]:
-    return [*(context or []), {"role": "user", "content": require_text(text, "prompt")}]
-
-
-def _response_messages(prompt: Any, response: Any) -> list[Any]:
-    if isinstance(prompt, str) or prompt is None:
-        before: list[Any] = [{"role": "user", "content": require_text(prompt, "prompt")}]
-    else:
-        before = list(prompt)
-    return [*before, {"role": "assistant", "content": require_text(response, "response")}]
-
-
-def raise_if_blocked(decision: Decision, content: Any = None) -> Decision:
-    """``decision`` if it allows; else raise :class:`UnsafeContentError` carrying it."""
-    if decision.blocked:
-        raise UnsafeContentError(stage=decision.surface, verdict=decision.verdict,
-                                 content=content, decision=decision)
-    return decision
-
-
-def could_not_judge(policy: Policy, exc: BaseException, surface: Surface | str) -> Decision:
-    """The decision for content the guard could not judge: blocked (fail-closed) unless the
-    policy fails open, and then allowed with a warning. The one place this rule lives."""
-    decision = policy.decide(None, surface)
-    if decision.allowed:
-        warnings.warn(f"qwen3guard could not judge ({exc}); allowed by fail-open policy",
-                      RuntimeWarning, stacklevel=3)
-    else:
-        log.warning("qwen3guard could not judge (%s); blocked (fail-closed)", exc)
-    return Decision(decision.allowed, None, decision.surface, f"{decision.reason}: {exc}",
-                    error=exc)
-
-
-class _ScreenPlan:
-    """Screening of many items with one batched check: what needs no model (a surface that is
-    off, empty content, content that cannot be judged) is decided here; the rest is judged
-    together and decided with the policy once the results are in. Sync and async callers
-    differ only in how they wait for ``results``."""
-
-    def __init__(
-        self,
-        guard: Qwen3Guard,
-        items: Sequence[tuple[Conversation | None, Surface | str]],
-        policy: Policy | None,
-        *,
-        strict_input: bool,
-    ) -> None:
-        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
-            raise InvalidInputError("screen_batch() takes a list of (conversation, surface)")
-        self.policy = policy if policy is not None else guard.policy
-        self.decisions: list[Decision | None] = []
-        self.surfaces: list[Surface] = []
-        self.todo: list[int] = []
-        self.convs: list[list[Message]] = []
-        self.results: Sequence[Verdict | Exception] = []
-        for conv, surface in items:
-            surface = Surface(surface)
-            self.surfaces.append(surface)
-            decision: Decision | None = None
-            if not self.policy.is_enabled(surface):
-                decision = Decision(True, None, surface, "surface not checked")
-            elif _is_empty(conv):
-                decision = Decision(True, None, surface, "nothing to judge")
-            else:
-                try:
-                    normalized = normalize_messages(conv)
-                except InvalidInputError as exc:
-                    if strict_input:
-                        raise
-                    decision = Decision(False, None, surface, f"cannot be judged: {exc}",
-                                        error=exc)
-                else:
-                    self.todo.append(len(self.decisions))
-                    self.convs.append(normalized)
-            self.decisions.append(decision)
-
-    def finish(self) -> list[Decision]:
-        for i, result in zip(self.todo, self.results):
-            surface = self.surfaces[i]
-            if isinstance(result, Verdict):
-                self.decisions[i] = self.policy.decide(result, surface)
-            elif isinstance(result, (GuardUnavailableError, GuardOutputError)):
-                self.decisions[i] = could_not_judge(self.policy, result, surface)
-            elif isinstance(result, InvalidInputError):  # e.g. windows that cannot be made
-                self.decisions[i] = Decision(False, None, surface,
-                                             f"cannot be judged: {result}", error=result)
-            else:
-                raise result
-        assert all(d is not None for d in self.decisions)
-        return [d for d in self.decisions if d is not None]
-
-
-def _is_empty(conv: Conversation | None) -> bool:
-    """Nothing to judge: no content at all, or only blank text in every message. (A blank last
-    message after real content is not "nothing": normalisation rejects it as bad input.)"""
-    if conv is None:
-        return True
-    if isinstance(conv, str):
-        return not conv.strip()
-    if not isinstance(conv, Sequence):
-        return False
-    for m in conv:
-        content = m.get("content") if isinstance(m, Mapping) else getattr(m, "content", None)
-        if not isinstance(content, str) or content.strip():
-            return False
-    return True
+        return BatchPlan(gen, items)
