@@ -166,3 +166,226 @@ def test_a_fast_path_that_disagrees_is_not_used(guard: Qwen3Guard, monkeypatch) 
         guard.stream.model_id, model=guard.stream.model, tokenizer=guard.stream.tokenizer
     )
     assert b._fast is None
+
+
+# -- a position-sensitive checkpoint (issue 12, item 4) -----------------------------------------
+#
+# The built-in Stream checkpoint is trained to be position-blind (its rope_theta moves its
+# logits by exactly 0), so the tests above cannot see a RoPE or KV-cache bug. The checkpoint
+# below has random weights, large enough that attention depends on position, in the same
+# official format (config keys, label maps, weight names, tokenizer of the built checkpoint).
+
+POS_TOL = 1e-4
+BROKEN = 1e-3  # a broken RoPE or cache moves these logits by far more than this
+
+
+def build_positional_checkpoint(out_dir, tokenizer_dir: str, *, rope_theta: float = 10000.0):  # noqa: ANN001, ANN201
+    """Write a small random Qwen3Guard-Stream checkpoint to ``out_dir`` (about 1 s)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import torch
+    from transformers import Qwen3Config
+
+    from qwen3guard.stream.modeling import Qwen3ForGuardModel
+    from qwen3guard.tiny.portable import make_portable
+
+    src = json.loads((Path(tokenizer_dir) / "config.json").read_text())
+    cfg = Qwen3Config(
+        vocab_size=src["vocab_size"], hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        max_position_embeddings=src["max_position_embeddings"], rms_norm_eps=1e-6,
+        tie_word_embeddings=True, eos_token_id=src["eos_token_id"],
+        pad_token_id=src["pad_token_id"], bos_token_id=None, initializer_range=0.3,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+    )
+    cfg.architectures = ["Qwen3ForGuardModel"]
+    for key in ("num_risk_level", "num_category", "num_query_risk_level", "num_query_category",
+                "response_risk_level_map", "response_category_map", "query_risk_level_map",
+                "query_category_map"):
+        setattr(cfg, key, src[key])
+    cfg.guard_inner_size = 32
+    torch.manual_seed(1234)
+    model = Qwen3ForGuardModel(cfg).eval()
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    make_portable(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "chat_template.jinja"):
+        shutil.copy(Path(tokenizer_dir) / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def positional_path(tmp_path_factory, stream_path: str) -> str:  # noqa: ANN001
+    return str(build_positional_checkpoint(tmp_path_factory.mktemp("positional"), stream_path))
+
+
+def _backend(path: str, **kw):  # noqa: ANN003, ANN202
+    from qwen3guard.stream.local import LocalStreamBackend
+
+    return LocalStreamBackend(path, **kw)
+
+
+def _parity_error(backend, prompt: str, answer: str, *, seed: int = 0) -> float:  # noqa: ANN001
+    """Max |session logit - full-forward logit| over the answer's positions; the session is
+    fed random 1-9 character chunks."""
+    import torch
+
+    from qwen3guard.stream.local import LocalStreamSession
+
+    guard = Qwen3Guard(None, stream=backend)
+    body = _conversation_ids(guard, prompt, answer)
+    risk_ref, cat_ref, _ = _reference(guard, prompt, body)
+    rng = random.Random(seed)
+    with LocalStreamSession(backend, prompt, record_logits=True) as s:
+        k = 0
+        while k < len(answer):
+            n = rng.randint(1, 9)
+            s.feed_text(answer[k : k + n])
+            k += n
+    fed, risk, cat = s._logits_trace()
+    assert fed == body[-len(fed) :]
+    lo = len(body) - len(fed)
+    return max(
+        float((risk - risk_ref[lo:]).abs().max()), float((cat - cat_ref[lo:]).abs().max())
+    ) + 0.0 * float(torch.zeros(()))
+
+
+def _full_risk(path: str, ids: list[int]):  # noqa: ANN202
+    import torch
+
+    from qwen3guard.stream.modeling import load_stream_model
+
+    with torch.inference_mode():
+        return load_stream_model(path).forward(input_ids=torch.tensor([ids])).risk_level_logits[0]
+
+
+def test_the_positional_checkpoint_depends_on_position(
+    positional_path: str, stream_path: str, tmp_path
+) -> None:  # noqa: ANN001
+    """rope_theta 1e4 -> 1e6 moves its logits; the built-in checkpoint's it moves by 0."""
+    import json
+
+    ids = list(range(5, 45))
+    moved = {}
+    for name, path in (("positional", positional_path), ("tiny", stream_path)):
+        base = _full_risk(path, ids)
+        other = tmp_path / name
+        import shutil
+
+        shutil.copytree(path, other)
+        cfg = json.loads((other / "config.json").read_text())
+        cfg["rope_parameters"]["rope_theta"] = cfg["rope_theta"] = 1e6 if name != "tiny" else 1e4
+        (other / "config.json").write_text(json.dumps(cfg))
+        moved[name] = float((_full_risk(str(other), ids) - base).abs().max())
+    assert moved["positional"] > 100 * BROKEN
+    assert moved["tiny"] == 0.0
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("case", range(len(CONVERSATIONS)))
+def test_positional_incremental_logits_equal_the_full_forward(
+    positional_path: str, case: int, fast_path: bool
+) -> None:
+    b = _backend(positional_path, fast_path=fast_path)
+    assert (b._fast is not None) is fast_path
+    assert _parity_error(b, *CONVERSATIONS[case], seed=case) < POS_TOL
+
+
+def test_positional_sliding_window_equals_a_forward_over_the_kept_context(
+    positional_path: str,
+) -> None:
+    """With a 64-token context the session slides (documented in stream/local.py: the cache is
+    rebuilt from the prompt, the template header and the most recent half of the room); every
+    token's logits equal one forward over exactly that context, positions from 0."""
+    import torch
+
+    from qwen3guard.stream.local import LocalStreamSession
+
+    ctx = 64
+    b = _backend(positional_path, max_context_tokens=ctx)
+    prompt = "Tell me a story"
+    answer_ids = b.tokenizer(" ".join(["once upon a time there was a garden"] * 12),
+                             add_special_tokens=False)["input_ids"]
+    guard = Qwen3Guard(None, stream=b)
+    head = _generated_ids(guard, prompt, "")  # the prompt and the assistant header
+    with LocalStreamSession(b, prompt, record_logits=True) as s:
+        for i in answer_ids:
+            s.feed_ids([i])
+        slides = s.metadata.get("context_slides", 0) if hasattr(s, "metadata") else None
+    fed, risk, _ = s._logits_trace()
+    assert fed == answer_ids
+    keep = (ctx - len(head)) // 2
+    window: list[int] = []
+    worst = 0.0
+    n_slides = 0
+    for j, tok in enumerate(answer_ids):
+        if len(head) + len(window) >= ctx:
+            window = answer_ids[:j][-keep:]
+            n_slides += 1
+        window.append(tok)
+        with torch.inference_mode():
+            ref = b.model(input_ids=torch.tensor([head + window])).risk_level_logits[0, -1]
+        worst = max(worst, float((risk[j] - ref).abs().max()))
+    assert n_slides >= 2 and slides in (None, n_slides)
+    assert worst < POS_TOL
+
+
+def test_parity_catches_a_wrong_rope(positional_path: str, stream_path: str, monkeypatch) -> None:  # noqa: ANN001
+    """A fast path whose RoPE restarts at position 0 for every chunk instead of continuing
+    from the cache's length (its self-check bypassed): the parity check fails on the positional
+    checkpoint by orders of magnitude more than on the built-in one. (A shift of every
+    position by the same amount is no bug: RoPE attention depends on relative positions only.)"""
+    from qwen3guard.stream import fastpath, local_backend
+
+    real = fastpath.FastDecoder._rope
+    monkeypatch.setattr(fastpath.FastDecoder, "_rope",
+                        lambda self, x, start, n: real(self, x, 0, n))
+    monkeypatch.setattr(local_backend, "verify", lambda *a, **k: True)
+    prompt, answer = CONVERSATIONS[0]
+    err = _parity_error(_backend(positional_path), prompt, answer)
+    print(f"wrong RoPE: positional checkpoint parity error {err:.3g}")
+    tiny = _parity_error(_backend(stream_path), prompt, answer)
+    print(f"wrong RoPE: built-in checkpoint parity error {tiny:.3g}")
+    assert err > BROKEN and err > 100 * tiny
+
+
+def test_parity_catches_a_dropped_cache_entry(
+    positional_path: str, stream_path: str, monkeypatch
+) -> None:  # noqa: ANN001
+    """A KV cache that loses one position (the 3rd) from incremental steps: the parity check
+    fails on the positional checkpoint."""
+    import torch
+
+    from qwen3guard.stream import fastpath, local_backend
+
+    real = fastpath.KVBuffer.append
+
+    def dropping(self, layer, k, v, start):  # noqa: ANN001, ANN202
+        keys, values = real(self, layer, k, v, start)
+        if k.shape[2] == 1 and keys.shape[2] > 3:
+            keep = [i for i in range(keys.shape[2]) if i != 2]
+            idx = torch.tensor(keep, device=keys.device)
+            return keys.index_select(2, idx), values.index_select(2, idx)
+        return keys, values
+
+    monkeypatch.setattr(fastpath.KVBuffer, "append", dropping)
+    monkeypatch.setattr(local_backend, "verify", lambda *a, **k: True)
+    prompt, answer = CONVERSATIONS[0]
+    # token by token, so every answer position is an incremental step
+    from qwen3guard.stream.local import LocalStreamSession
+
+    b = _backend(positional_path)
+    guard = Qwen3Guard(None, stream=b)
+    body = _conversation_ids(guard, prompt, answer)
+    risk_ref, _, _ = _reference(guard, prompt, body)
+    with LocalStreamSession(b, prompt, record_logits=True) as s:
+        ids = b.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        for i in ids:
+            s.feed_ids([i])
+    fed, risk, _ = s._logits_trace()
+    err = float((risk - risk_ref[len(body) - len(fed) :]).abs().max())
+    print(f"dropped cache entry: positional checkpoint parity error {err:.3g}")
+    assert err > BROKEN
