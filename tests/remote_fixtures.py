@@ -33,6 +33,9 @@ from tests.support.launch import (
 VLLM_START_TIMEOUT = float(os.environ.get("QWEN3GUARD_VLLM_START_TIMEOUT", "480"))
 SERVE_START_TIMEOUT = float(os.environ.get("QWEN3GUARD_SERVE_START_TIMEOUT", "180"))
 SERVE_API_KEY = "test-key-123"
+#: Limits of the ``serve_abuse_url`` server (small, so the abuse tests stay short).
+ABUSE_MAX_SESSIONS = 16
+ABUSE_IDLE_S = 3.0
 
 _startup: dict[str, float] = {}
 
@@ -103,6 +106,33 @@ def serve_with_key_url(gen_path: str, tmp_path_factory: pytest.TempPathFactory) 
     """A second ``qwen3guard serve`` (Gen only) that requires ``SERVE_API_KEY``."""
     logs = _log_dir(tmp_path_factory)
     proc = serve_server(gen_path, api_key=SERVE_API_KEY, log_path=str(logs / "serve-key.log"))
+    try:
+        _start(proc, SERVE_START_TIMEOUT)
+    except ServerStartError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield proc.base_url
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def serve_abuse_url(
+    gen_path: str, stream_path: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A ``qwen3guard serve`` with a small stream-session cap and a short idle timeout."""
+    logs = _log_dir(tmp_path_factory)
+    proc = serve_server(
+        gen_path,
+        stream_model=stream_path,
+        extra_args=[
+            "--max-stream-sessions",
+            str(ABUSE_MAX_SESSIONS),
+            "--stream-idle-timeout",
+            str(ABUSE_IDLE_S),
+        ],
+        log_path=str(logs / "serve-abuse.log"),
+    )
     try:
         _start(proc, SERVE_START_TIMEOUT)
     except ServerStartError as exc:

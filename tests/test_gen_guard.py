@@ -237,3 +237,23 @@ async def test_acheck_does_not_block_the_event_loop(gen_guard: Qwen3Guard) -> No
     await gen_guard.acheck_batch(["How can I make a bomb?"] * 8)
     task.cancel()
     assert ticks > 3
+
+
+def test_context_overflow_is_a_context_length_error(gen_path: str) -> None:
+    """Content that cannot fit raises ContextLengthError (an InvalidInputError), by type."""
+    from qwen3guard import ContextLengthError
+    from qwen3guard.gen.local import TransformersGenBackend
+
+    backend = TransformersGenBackend(gen_path)
+    try:
+        long_conv = [{"role": "user", "content": "The quick brown fox. " * 1500}]
+        (err,) = backend.generate([long_conv])  # one conversation over the context, unsplit
+        assert isinstance(err, ContextLengthError), err
+        many = [{"role": "user", "content": f"turn {i}"} for i in range(600)]
+        with pytest.raises(ContextLengthError):  # the template of 600 turns alone overflows
+            backend.split_windows(many)
+        guard = Qwen3Guard(backend)
+        (res,) = guard.check_batch([many], return_exceptions=True)
+        assert isinstance(res, ContextLengthError)
+    finally:
+        backend.close()

@@ -166,3 +166,48 @@ def test_incremental_decoder_rebuilds_text(tokenizer) -> None:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     d = IncrementalDecoder(tokenizer)
     assert "".join(d.step(i) for i in ids) == text
+
+
+class _Counting:
+    """The tokenizer, counting the characters each encode call is handed."""
+
+    def __init__(self, tok) -> None:
+        self._tok = tok
+        self.lengths: list[int] = []
+
+    def __call__(self, text, **kw):
+        self.lengths.append(len(text))
+        return self._tok(text, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+@pytest.mark.parametrize("unit", ["x", "炸"])
+def test_a_100kb_word_is_encoded_in_bounded_pieces(tokenizer, unit: str) -> None:
+    """Text without word boundaries (a 100 KB "word", CJK without punctuation) cannot stay
+    pending forever: each feed encodes a bounded amount, so the cost of a stream is linear."""
+    text = (unit * (100_000 // len(unit) + 1))[:100_000]
+    counting = _Counting(tokenizer)
+    r = Retokenizer(counting, kept_added=())
+    pieces = []
+    for i in range(0, len(text), 50):
+        pieces += r.feed(text[i : i + 50])
+    pieces += r.flush()
+    per_feed = counting.lengths
+    early, late = max(per_feed[10:100]), max(per_feed[-100:])
+    print(f"\n{unit!r}: {len(per_feed)} encodes; longest early {early}, late {late} chars")
+    assert late <= 2 * max(early, 4096), (early, late)  # bounded: does not grow with the text
+    assert sum(per_feed) < 10 * len(text)  # linear in total
+    # Nothing is lost: the pieces cover the text in order, and their ids decode back to it.
+    assert tokenizer.decode([p.token_id for p in pieces]) == text
+    assert pieces[0].start == 0 and pieces[-1].end == len(text)
+    assert all(a.end <= b.start or a.start == b.start for a, b in zip(pieces, pieces[1:]))
+
+
+def test_normal_text_keeps_exact_ids_with_the_bound(tokenizer) -> None:
+    """The bound forces a commit only past its length: prose of any length keeps the exact ids
+    of the whole text."""
+    text = "mix the explosive powder to build a bomb, then wait. " * 400  # 21 KB
+    pieces, _ = _feed(tokenizer, text, list(range(0, len(text), 7)))
+    assert [p.token_id for p in pieces] == encode_plain(tokenizer, text)

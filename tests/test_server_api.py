@@ -219,7 +219,8 @@ def test_in_process_api_key(gen_guard: Qwen3Guard) -> None:
         )
         assert r.status_code == 200 and r.json()["results"][0]["flagged"] is False
         assert c.get("/v1/models").status_code == 401
-        assert c.get("/metrics").status_code == 200
+        assert c.get("/metrics").status_code == 401  # open only with public_metrics=True
+        assert c.get("/metrics", headers={"Authorization": "Bearer k1"}).status_code == 200
 
 
 def test_guard_failure_is_an_error_not_a_verdict(gen_guard: Qwen3Guard) -> None:
@@ -229,6 +230,9 @@ def test_guard_failure_is_an_error_not_a_verdict(gen_guard: Qwen3Guard) -> None:
 
         def split_windows(self, conv: Any) -> list:
             return [list(conv)]
+
+        def generate(self, convs: Any) -> list:
+            return ["hello" for _ in convs]
 
         async def agenerate(self, convs: Any) -> list:
             return ["hello" for _ in convs]

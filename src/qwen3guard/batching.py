@@ -4,6 +4,13 @@ through the model in batches.
 One thread owns the model, so concurrent callers never share a forward pass's state, and
 callers that arrive together are served by one batched forward instead of a queue of single
 ones. Each caller gets its own Future back: results cannot cross between callers.
+
+Fairness. Each ``submit_many`` call is one request, and batches are filled round-robin over the
+requests waiting, one item at a time, a request not served yet first: a request of forty windows
+does not queue ahead of one that arrives after it; the later one rides in the next batch. With ``cost`` and
+``max_batch_cost`` a batch is also capped by its padded cost (the largest item's cost times the
+rows; e.g. tokens), so one batch of long items cannot hold the model for long: an item that does
+not fit keeps its turn for the next batch.
 """
 
 from __future__ import annotations
@@ -29,13 +36,23 @@ class MicroBatcher(Generic[T, R]):
         max_batch: int = 16,
         max_wait_s: float = 0.002,
         name: str = "qwen3guard-batcher",
+        cost: Callable[[T], int] | None = None,
+        max_batch_cost: int | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if max_batch_cost is not None and (cost is None or max_batch_cost < 1):
+            raise ValueError("max_batch_cost needs a cost function and must be >= 1")
         self._run_batch = run_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self._queue: deque[tuple[T, Future[R]]] = deque()
+        self._cost = cost
+        self.max_batch_cost = max_batch_cost
+        # One queue per request (submit_many call), served round-robin; requests not served yet
+        # wait in ``_fresh`` and go before those that have been (in arrival order).
+        self._groups: deque[deque[tuple[T, Future[R]]]] = deque()
+        self._fresh: deque[deque[tuple[T, Future[R]]]] = deque()
+        self._queued = 0
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -50,7 +67,9 @@ class MicroBatcher(Generic[T, R]):
         with self._cond:
             if self._closed:
                 raise GuardUnavailableError("the guard has been closed")
-            self._queue.extend(zip(items, futures))
+            if futures:
+                self._fresh.append(deque(zip(items, futures)))
+                self._queued += len(futures)
             self._cond.notify()
         return futures
 
@@ -72,19 +91,41 @@ class MicroBatcher(Generic[T, R]):
 
     def _take(self) -> list[tuple[T, Future[R]]] | None:
         with self._cond:
-            while not self._queue and not self._closed:
+            while not self._queued and not self._closed:
                 self._cond.wait()
-            if not self._queue:
+            if not self._queued:
                 return None
             # Give callers arriving at the same moment a chance to share this batch.
-            if len(self._queue) < self.max_batch and self.max_wait_s > 0:
+            if self._queued < self.max_batch and self.max_wait_s > 0:
                 self._cond.wait(timeout=self.max_wait_s)
-            batch = []
-            while self._queue and len(batch) < self.max_batch:
-                item, fut = self._queue.popleft()
-                if fut.set_running_or_notify_cancel():
-                    batch.append((item, fut))
-            return batch
+            return self._fill()
+
+    def _fill(self) -> list[tuple[T, Future[R]]]:
+        """One batch, round-robin over the requests; called with the lock held."""
+        batch: list[tuple[T, Future[R]]] = []
+        widest = 0
+        skipped: list[deque[tuple[T, Future[R]]]] = []  # their next item did not fit
+        self._groups.extendleft(reversed(self._fresh))
+        self._fresh.clear()
+        while self._groups and len(batch) < self.max_batch:
+            group = self._groups.popleft()
+            item, fut = group[0]
+            if not fut.cancelled() and self.max_batch_cost is not None and batch:
+                assert self._cost is not None
+                width = max(widest, self._cost(item))
+                if width * (len(batch) + 1) > self.max_batch_cost:
+                    skipped.append(group)
+                    continue
+            group.popleft()
+            self._queued -= 1
+            if fut.set_running_or_notify_cancel():
+                batch.append((item, fut))
+                if self._cost is not None:
+                    widest = max(widest, self._cost(item))
+            if group:
+                self._groups.append(group)  # the next request's turn
+        self._groups.extendleft(reversed(skipped))  # they go first next time
+        return batch
 
     def _loop(self) -> None:
         while True:

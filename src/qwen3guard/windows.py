@@ -72,3 +72,32 @@ def window_conversation(
     text = judged["content"]
     spans[-1] = (spans[-1][0], len(text))  # the tail after the last token end, if any
     return [kept + [{"role": judged["role"], "content": text[a:b]}] for a, b in spans]
+
+
+def approx_token_ends(text: str) -> list[int]:
+    """Estimated token end offsets for a tokenizer we cannot see, erring towards more tokens.
+
+    Costs per character, against Qwen3's byte-level BPE (151k vocabulary): ASCII letters and
+    whitespace 0.4 (English averages over 4 characters a token; even random letters about
+    2.5), digits and punctuation 1 (digits are split one by one), 2-byte characters 1,
+    3-byte characters (CJK) 1.5, 4-byte characters (emoji) 4, one per UTF-8 byte, the hard
+    bound of a byte-level BPE. Text built to beat the estimate can still overflow a window;
+    the server then refuses the request and the check fails closed. Pass ``token_ends=`` to
+    :class:`~qwen3guard.gen.remote.OpenAIGenBackend` (e.g. the checkpoint's tokenizer offsets) to be exact.
+    """
+    ends: list[int] = []
+    cost = 0.0
+    for i, ch in enumerate(text):
+        if ch.isascii():
+            cost += 0.4 if (ch.isalpha() or ch.isspace()) else 1.0
+        else:
+            cost += _WIDE_COST.get(len(ch.encode("utf-8", "surrogatepass")), 4.0)
+        while cost >= 1.0 - 1e-9:
+            ends.append(i + 1)
+            cost -= 1.0
+    if cost > 1e-9 or (text and not ends):
+        ends.append(len(text))
+    return ends
+
+
+_WIDE_COST = {2: 1.0, 3: 1.5, 4: 4.0}

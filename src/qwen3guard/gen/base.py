@@ -8,10 +8,56 @@ gets them the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+from ..errors import InvalidInputError
 from ..messages import Message
+
+
+class RequestTooLargeError(InvalidInputError):
+    """One call needs more model input than the budget of :func:`request_budget` allows (a
+    server's cost limit per request). No model work was done for it."""
+
+    def __init__(self, message: str, *, tokens: int, limit: int) -> None:
+        super().__init__(message)
+        self.tokens = tokens
+        self.limit = limit
+
+
+_BUDGET: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "qwen3guard_request_budget", default=None
+)
+
+
+@contextlib.contextmanager
+def request_budget(max_tokens: int | None) -> Iterator[None]:
+    """Within this block, one ``generate`` / ``agenerate`` call may feed the model at most
+    ``max_tokens`` prompt tokens in all (every window of every conversation: the call's cost);
+    over it, every conversation of the call fails with :class:`RequestTooLargeError` before any
+    model work. A context variable: it holds in the thread or task that enters the block."""
+    token = _BUDGET.set(max_tokens)
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
+def over_budget(token_counts: Sequence[int]) -> RequestTooLargeError | None:
+    """The error for a call whose conversations have these token counts, if the current
+    :func:`request_budget` refuses it."""
+    limit = _BUDGET.get()
+    total = sum(token_counts)
+    if limit is None or total <= limit:
+        return None
+    return RequestTooLargeError(
+        f"the request needs {total} tokens of model input ({len(token_counts)} windows), over "
+        f"the limit of {limit} tokens per request; send less text per request",
+        tokens=total,
+        limit=limit,
+    )
 
 
 class GenBackend(ABC):

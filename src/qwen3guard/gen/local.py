@@ -2,7 +2,10 @@
 
 Batched greedy generation with left padding and a small token budget for the verdict. All
 model calls go through one micro-batcher thread: concurrent callers (threads or tasks) are
-batched together and never share state.
+batched together and never share state. Batches are filled round-robin over the calls waiting
+and capped at ``max_batch_tokens`` padded tokens (default: one full context on CPU, where
+batching long windows buys nothing, four on GPU), so one call with many long windows cannot
+hold the model away from the others for long (see :mod:`qwen3guard.batching`).
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..batching import MicroBatcher
+from ..errors import ContextLengthError
 from ..messages import Message
 from ..windows import window_conversation
-from .base import GenBackend
+from .base import GenBackend, over_budget
 from .tokenize import ConversationEncoder
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,7 @@ class TransformersGenBackend(GenBackend):
         max_batch_size: int = 32,
         max_context_tokens: int | None = None,
         batch_wait_s: float = 0.002,
+        max_batch_tokens: int | None = None,
         tokenizer: Any = None,
         model: Any = None,
     ) -> None:
@@ -73,48 +78,48 @@ class TransformersGenBackend(GenBackend):
         if self.pad_id is None:
             self.pad_id = self.eos_ids[0]
         self._torch = torch
+        if max_batch_tokens is None:
+            per_batch = 4 if str(self.device).startswith("cuda") else 1
+            max_batch_tokens = per_batch * self.max_context_tokens
+        self.max_batch_tokens = max_batch_tokens
         self._batcher: MicroBatcher[list[int], str] = MicroBatcher(
             self._generate_batch, max_batch=max_batch_size, max_wait_s=batch_wait_s,
-            name="qwen3guard-gen",
+            name="qwen3guard-gen", cost=len, max_batch_cost=max_batch_tokens,
         )
 
     # -- public backend API --------------------------------------------------------------
 
     def generate(self, conversations: Sequence[Sequence[Message]]) -> list[str | BaseException]:
-        prepared = [self._prepare(c) for c in conversations]
-        futures = self._batcher.submit_many([p for p in prepared if isinstance(p, list)])
-        it = iter(futures)
-        out: list[str | BaseException] = []
-        for p in prepared:
-            if isinstance(p, BaseException):
-                out.append(p)
-                continue
-            fut = next(it)
+        prepared, futures = self._submit(conversations)
+        results: list[str | BaseException] = []
+        for f in futures:
             try:
-                out.append(fut.result())
+                results.append(f.result())
             except Exception as exc:  # noqa: BLE001 - handed to the caller of this item
-                out.append(exc)
-        return out
+                results.append(exc)
+        return _merge(prepared, results)
 
     async def agenerate(
         self, conversations: Sequence[Sequence[Message]]
     ) -> list[str | BaseException]:
         import asyncio
 
-        prepared = [self._prepare(c) for c in conversations]
-        futures = self._batcher.submit_many([p for p in prepared if isinstance(p, list)])
+        if sum(len(m["content"]) for c in conversations for m in c) > 20_000:
+            # Tokenizing long content takes a while: not on the event loop.
+            prepared, futures = await asyncio.to_thread(self._submit, conversations)
+        else:
+            prepared, futures = self._submit(conversations)
         results = await asyncio.gather(
             *(asyncio.wrap_future(f) for f in futures), return_exceptions=True
         )
-        it = iter(results)
-        return [p if isinstance(p, BaseException) else next(it) for p in prepared]
+        return _merge(prepared, list(results))
 
     def split_windows(self, conversation: Sequence[Message]) -> list[list[Message]]:
         empty = [{"role": m["role"], "content": ""} for m in conversation]
         overhead = len(self.encoder.encode(empty))
         budget = self.max_context_tokens - overhead - self.max_new_tokens - 8
         if budget < 64:
-            raise ValueError(
+            raise ContextLengthError(
                 f"max_context_tokens={self.max_context_tokens} leaves no room for content "
                 f"(the template alone takes {overhead} tokens)"
             )
@@ -149,11 +154,22 @@ class TransformersGenBackend(GenBackend):
         except Exception as exc:  # noqa: BLE001
             return exc
         if len(ids) + self.max_new_tokens > self.max_context_tokens:
-            return ValueError(
+            return ContextLengthError(
                 f"conversation is {len(ids)} tokens, over the context of "
                 f"{self.max_context_tokens}; split it with split_windows() first"
             )
         return ids
+
+    def _submit(
+        self, conversations: Sequence[Sequence[Message]]
+    ) -> tuple[list[list[int] | BaseException], list[Any]]:
+        """Encode, check the call's budget, hand the good items to the batcher (one request)."""
+        prepared = [self._prepare(c) for c in conversations]
+        good = [p for p in prepared if isinstance(p, list)]
+        refused = over_budget([len(p) for p in good])
+        if refused is not None:
+            return [refused if isinstance(p, list) else p for p in prepared], []
+        return prepared, self._batcher.submit_many(good)
 
     def _generate_batch(self, batch: list[list[int]]) -> list[str]:
         torch = self._torch
@@ -181,3 +197,11 @@ class TransformersGenBackend(GenBackend):
             texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=False))
         log.debug("gen batch of %d in %.3fs", len(batch), time.perf_counter() - t0)
         return texts
+
+
+def _merge(
+    prepared: Sequence[list[int] | BaseException], results: Sequence[str | BaseException]
+) -> list[str | BaseException]:
+    """Per conversation: its answer, or the error that kept it from the model."""
+    it = iter(results)
+    return [p if isinstance(p, BaseException) else next(it) for p in prepared]

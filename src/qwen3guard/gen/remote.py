@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import re
 import threading
 import time
@@ -38,10 +37,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import GuardOutputError, GuardUnavailableError
+from ..errors import ContextLengthError, GuardOutputError, GuardUnavailableError
 from ..messages import Message
-from ..windows import window_conversation
+from ..windows import approx_token_ends, window_conversation
 from .base import GenBackend
+from .retry import Retry, chain
 
 log = logging.getLogger(__name__)
 
@@ -65,35 +65,6 @@ def neutralize_special_tokens(text: str) -> str:
         return text
     text = _PIPE_OPEN.sub("<|" + ZWSP, text)
     return _TAG_TOKENS.sub("<" + ZWSP, text)
-
-
-def approx_token_ends(text: str) -> list[int]:
-    """Estimated token end offsets for a tokenizer we cannot see, erring towards more tokens.
-
-    Costs per character, against Qwen3's byte-level BPE (151k vocabulary): ASCII letters and
-    whitespace 0.4 (English averages over 4 characters a token; even random letters about
-    2.5), digits and punctuation 1 (digits are split one by one), 2-byte characters 1,
-    3-byte characters (CJK) 1.5, 4-byte characters (emoji) 4, one per UTF-8 byte, the hard
-    bound of a byte-level BPE. Text built to beat the estimate can still overflow a window;
-    the server then refuses the request and the check fails closed. Pass ``token_ends=`` to
-    :class:`OpenAIGenBackend` (e.g. the checkpoint's tokenizer offsets) to be exact.
-    """
-    ends: list[int] = []
-    cost = 0.0
-    for i, ch in enumerate(text):
-        if ch.isascii():
-            cost += 0.4 if (ch.isalpha() or ch.isspace()) else 1.0
-        else:
-            cost += _WIDE_COST.get(len(ch.encode("utf-8", "surrogatepass")), 4.0)
-        while cost >= 1.0 - 1e-9:
-            ends.append(i + 1)
-            cost -= 1.0
-    if cost > 1e-9 or (text and not ends):
-        ends.append(len(text))
-    return ends
-
-
-_WIDE_COST = {2: 1.0, 3: 1.5, 4: 4.0}
 
 
 def normalize_base_url(base_url: str) -> str:
@@ -214,7 +185,7 @@ class OpenAIGenBackend(GenBackend):
                 out.append(f.result())
             except BaseException as exc:  # noqa: BLE001 - cancelled by close()
                 out.append(
-                    _chain(GuardUnavailableError(f"the Gen request did not run: {exc!r}"), exc)
+                    chain(GuardUnavailableError(f"the Gen request did not run: {exc!r}"), exc)
                 )
         return out
 
@@ -235,7 +206,7 @@ class OpenAIGenBackend(GenBackend):
     def split_windows(self, conversation: Sequence[Message]) -> list[list[Message]]:
         budget = self.context_tokens() - self.template_overhead_tokens - self.max_tokens - 16
         if budget < 64:
-            raise ValueError(
+            raise ContextLengthError(
                 f"max_context_tokens={self.context_tokens()} leaves no room for content "
                 f"(template overhead {self.template_overhead_tokens}, max_tokens {self.max_tokens})"
             )
@@ -304,48 +275,35 @@ class OpenAIGenBackend(GenBackend):
     def _resolve_model(self, *, force_list: bool = False) -> str:
         if self.model is not None and not force_list:
             return self.model
-        last: BaseException | None = None
-        for attempt in range(self.max_retries + 1):
+        retry = Retry(self, "listing models")
+        while True:
             try:
-                page = self._client.models.list()
-                with self._lock:
-                    model = self._pick_model(list(page.data))
-                    if self.model is None:
-                        self.model = model
-                return model
-            except GuardUnavailableError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - classified below
-                retry, err = self._classify(exc, what="listing models")
-                last = err
-                if not retry or attempt == self.max_retries:
-                    break
-                time.sleep(self._delay(attempt, exc))
-        assert last is not None
-        raise last
+                return self._adopt(self._client.models.list())
+            except Exception as exc:  # noqa: BLE001 - classified by _Retry
+                delay = retry.failed(exc)
+                if delay is None:
+                    raise retry.error from None
+                time.sleep(delay)
 
     async def _aresolve_model(self, client: Any) -> str:
         if self.model is not None:
             return self.model
-        last: BaseException | None = None
-        for attempt in range(self.max_retries + 1):
+        retry = Retry(self, "listing models")
+        while True:
             try:
-                page = await client.models.list()
-                with self._lock:
-                    model = self._pick_model(list(page.data))
-                    if self.model is None:
-                        self.model = model
-                return model
-            except GuardUnavailableError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - classified below
-                retry, err = self._classify(exc, what="listing models")
-                last = err
-                if not retry or attempt == self.max_retries:
-                    break
-                await asyncio.sleep(self._delay(attempt, exc))
-        assert last is not None
-        raise last
+                return self._adopt(await client.models.list())
+            except Exception as exc:  # noqa: BLE001 - classified by _Retry
+                delay = retry.failed(exc)
+                if delay is None:
+                    raise retry.error from None
+                await asyncio.sleep(delay)
+
+    def _adopt(self, page: Any) -> str:
+        with self._lock:
+            model = self._pick_model(list(page.data))
+            if self.model is None:
+                self.model = model
+        return model
 
     # -- internals: completions ------------------------------------------------------------------
 
@@ -368,35 +326,33 @@ class OpenAIGenBackend(GenBackend):
 
     def _complete(self, model: str, conversation: Sequence[Message]) -> str | BaseException:
         kw = self._request(model, conversation)
-        for attempt in range(self.max_retries + 1):
+        retry = Retry(self, "Gen request")
+        while True:
             try:
                 with self._sem:
                     resp = self._client.chat.completions.create(**kw)
                 return self._text_of(resp)
-            except Exception as exc:  # noqa: BLE001 - classified below
-                retry, err = self._classify(exc)
-                if not retry or attempt == self.max_retries or self._closed:
-                    return err
-                log.info("retrying a Gen request after %s (attempt %d)", err, attempt + 1)
-                time.sleep(self._delay(attempt, exc))
-        raise AssertionError("unreachable")
+            except Exception as exc:  # noqa: BLE001 - classified by _Retry
+                delay = retry.failed(exc)
+                if delay is None:
+                    return retry.error
+                time.sleep(delay)
 
     async def _acomplete(
         self, client: Any, sem: asyncio.Semaphore, model: str, conversation: Sequence[Message]
     ) -> str | BaseException:
         kw = self._request(model, conversation)
-        for attempt in range(self.max_retries + 1):
+        retry = Retry(self, "Gen request")
+        while True:
             try:
                 async with sem:
                     resp = await client.chat.completions.create(**kw)
                 return self._text_of(resp)
-            except Exception as exc:  # noqa: BLE001 - classified below
-                retry, err = self._classify(exc)
-                if not retry or attempt == self.max_retries or self._closed:
-                    return err
-                log.info("retrying a Gen request after %s (attempt %d)", err, attempt + 1)
-                await asyncio.sleep(self._delay(attempt, exc))
-        raise AssertionError("unreachable")
+            except Exception as exc:  # noqa: BLE001 - classified by _Retry
+                delay = retry.failed(exc)
+                if delay is None:
+                    return retry.error
+                await asyncio.sleep(delay)
 
     def _text_of(self, resp: Any) -> str:
         choices = getattr(resp, "choices", None)
@@ -407,45 +363,6 @@ class OpenAIGenBackend(GenBackend):
         if not isinstance(content, str):
             raise GuardOutputError("the server's completion has no text content", raw=None)
         return content
-
-    def _classify(self, exc: BaseException, what: str = "Gen request") -> tuple[bool, Exception]:
-        """(retryable?, the error to hand the caller)."""
-        o = self._openai
-        where = f"{what} to {self.base_url}"
-        if isinstance(exc, (GuardOutputError, GuardUnavailableError)):
-            return False, exc
-        if isinstance(exc, o.APITimeoutError):
-            return True, _chain(
-                GuardUnavailableError(f"{where} timed out after {self.timeout}s"), exc
-            )
-        if isinstance(exc, o.APIConnectionError):
-            return True, _chain(
-                GuardUnavailableError(f"{where} failed: connection error ({_cause(exc)})"), exc
-            )
-        if isinstance(exc, o.APIResponseValidationError):
-            return False, _chain(
-                GuardOutputError(f"{where}: the response is not a chat completion"), exc
-            )
-        if isinstance(exc, o.APIStatusError):
-            status = exc.status_code
-            msg = _short(exc)
-            err = _chain(GuardUnavailableError(f"{where} failed: HTTP {status}: {msg}"), exc)
-            return (status == 429 or status >= 500 or status == 408), err
-        if isinstance(exc, (ValueError, TypeError, AttributeError)):  # a body we cannot read
-            return False, _chain(GuardOutputError(f"{where}: unreadable response ({exc})"), exc)
-        return False, _chain(GuardUnavailableError(f"{where} failed: {exc!r}"), exc)
-
-    def _delay(self, attempt: int, exc: BaseException | None = None) -> float:
-        delay = min(self.max_backoff_s, self.backoff_s * (2**attempt))
-        response = getattr(exc, "response", None)
-        headers = getattr(response, "headers", None)
-        if headers is not None:
-            try:
-                after = float(headers.get("retry-after", ""))
-                delay = max(delay, min(after, self.max_backoff_s))
-            except (TypeError, ValueError):
-                pass
-        return delay * random.uniform(0.75, 1.0)
 
     def _get_pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -479,24 +396,3 @@ class OpenAIGenBackend(GenBackend):
             state = (client, asyncio.Semaphore(self.max_concurrency))
             self._async[loop] = state
         return state
-
-
-def _chain(err: Exception, cause: BaseException) -> Exception:
-    err.__cause__ = cause
-    return err
-
-
-def _cause(exc: BaseException) -> str:
-    inner = exc.__cause__ or exc.__context__
-    return f"{type(inner).__name__}: {inner}" if inner is not None else str(exc)
-
-
-def _short(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return err["message"][:300]
-        if isinstance(body.get("message"), str):
-            return body["message"][:300]
-    return str(getattr(exc, "message", exc))[:300]

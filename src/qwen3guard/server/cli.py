@@ -62,6 +62,51 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-request-bytes", type=int, default=1_000_000)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    limits = parser.add_argument_group("cost and abuse limits")
+    limits.add_argument(
+        "--max-request-tokens",
+        type=int,
+        default=65_536,
+        help="most tokens of model input (all windows of all inputs) one request may need; "
+        "over it: 413 (default 65536)",
+    )
+    limits.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        help="most padded tokens in one Gen forward batch, so long windows cannot hold the model "
+        "for long (default: one context on CPU, four on GPU)",
+    )
+    limits.add_argument("--max-stream-sessions", type=int, default=64)
+    limits.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a stream session may go without text or ids (default 30)",
+    )
+    limits.add_argument(
+        "--stream-max-session-seconds",
+        type=float,
+        default=600.0,
+        help="lifetime limit of one stream session (default 600)",
+    )
+    limits.add_argument("--max-stream-chunk-chars", type=int, default=8_192)
+    limits.add_argument("--max-stream-answer-chars", type=int, default=262_144)
+    limits.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a browser origin (e.g. https://app.example) allowed to open stream sessions; "
+        "repeatable; '*' allows any. Without it only same-origin pages and non-browser "
+        "clients (no Origin header) may",
+    )
+    limits.add_argument(
+        "--public-metrics", action="store_true", help="serve /metrics without the API key"
+    )
+    limits.add_argument(
+        "--public-openapi", action="store_true", help="serve /openapi.json without the API key"
+    )
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
@@ -88,9 +133,17 @@ def run_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from ..gen.local import TransformersGenBackend
     from ..guard import Qwen3Guard
     from ..policy import Policy
 
+    if args.api_key is not None and not args.api_key.strip():
+        print(
+            "error: the API key is empty (--api-key or $QWEN3GUARD_SERVER_API_KEY); an empty "
+            "key does not turn authentication off: unset it to serve without a key",
+            file=sys.stderr,
+        )
+        return 2
     if not args.model:
         print("error: --model is required (or set QWEN3GUARD_MODEL)", file=sys.stderr)
         return 2
@@ -113,22 +166,41 @@ def run_serve(args: argparse.Namespace) -> int:
             "serving on %s without an API key: anyone who can reach this address can use the guard",
             args.host,
         )
-    guard = Qwen3Guard.from_pretrained(
+    gen = TransformersGenBackend(
         model,
-        stream_model=stream_model,
         device=args.device,
         dtype=args.dtype,
-        policy=Policy(mode=args.policy),
         max_new_tokens=args.max_new_tokens,
         max_batch_size=1 if args.no_batching else args.max_batch_size,
+        max_batch_tokens=args.max_batch_tokens,
     )
-    app = create_app(
-        guard,
-        api_key=args.api_key,
-        served_model_name=args.served_model_name or args.model,
-        max_request_bytes=args.max_request_bytes,
-        close_guard=True,
-    )
+    stream = None
+    if stream_model:
+        from ..stream.local import LocalStreamBackend
+
+        stream = LocalStreamBackend(stream_model, device=args.device, dtype=args.dtype)
+    guard = Qwen3Guard(gen, stream=stream, policy=Policy(mode=args.policy))
+    try:
+        app = create_app(
+            guard,
+            api_key=args.api_key,
+            served_model_name=args.served_model_name or args.model,
+            close_guard=True,
+            max_request_bytes=args.max_request_bytes,
+            max_request_tokens=args.max_request_tokens,
+            max_stream_sessions=args.max_stream_sessions,
+            stream_idle_timeout_s=args.stream_idle_timeout,
+            stream_max_session_s=args.stream_max_session_seconds,
+            max_stream_chunk_chars=args.max_stream_chunk_chars,
+            max_stream_answer_chars=args.max_stream_answer_chars,
+            allowed_origins=tuple(args.allow_origin),
+            public_metrics=args.public_metrics,
+            public_openapi=args.public_openapi,
+        )
+    except ValueError as exc:
+        guard.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     log.info(
         "qwen3guard serve: model %s%s on http://%s:%d (batching %s)",
         model,
