@@ -16,7 +16,6 @@ from qwen3guard import (
     METADATA_KEY,
     Decision,
     Qwen3Guard,
-    Surface,
     get_default_guard,
 )
 from qwen3guard.stream.session import NO_PROMPT as _CORE_NO_PROMPT
@@ -68,10 +67,6 @@ def check_hold_back(
             "guard has settled it, so no part of a flagged span is ever shown"
         )
     return hold_back_tokens
-
-
-def surface_enabled(guard: Qwen3Guard, surface: Surface | str, policy: Any = None) -> bool:
-    return (policy if policy is not None else guard.policy).is_enabled(surface)
 
 
 def decision_meta(decision: Decision | None, **extra: Any) -> dict[str, Any]:
@@ -197,7 +192,6 @@ __all__ = [
     "NO_PROMPT",
     "ExitBehavior",
     "Messages",
-    "Surface",
     "block_texts",
     "chat_messages_to_dicts",
     "check_exit_behavior",
@@ -205,7 +199,6 @@ __all__ = [
     "decision_meta",
     "resolve_guard",
     "response_turns",
-    "surface_enabled",
     "to_json",
     "user_turn",
 ]

@@ -13,7 +13,8 @@ from llama_index.core.agent.workflow.workflow_events import (
     ToolCall,
     ToolCallResult,
 )
-from llama_index.core.workflow import StopEvent
+from llama_index.core.workflow import Event, StopEvent
+from llama_index.core.workflow.handler import WorkflowHandler
 
 from qwen3guard import (
     Decision,
@@ -40,14 +41,14 @@ Item = tuple[Messages, Surface]
 
 
 async def moderate_agent_stream(
-    handler: Any,
+    handler: WorkflowHandler,
     guard: Qwen3Guard | None = None,
     *,
     policy: Policy | None = None,
     check_tools: bool = True,
     hold_back_tokens: int = 0,
     cancel_timeout: float = 5.0,
-) -> AsyncIterator[Any]:
+) -> AsyncIterator[Event]:
     """Stream a workflow run's events, judging everything the LLM emits before the reader sees it.
 
     ``handler`` is what ``FunctionAgent.run(...)`` / ``AgentWorkflow.run(...)`` returns.
@@ -109,7 +110,7 @@ class _Turn:
         self.mod.opened(gate)
         self.gate = gate
         self.response = ""  # ``response`` of the last event released
-        self.calls_held: list[AgentStream] = []  # released by the gate, waiting on tool calls
+        self.calls_held: list[Event] = []  # released by the gate, waiting on tool calls
 
     def _cut(self, ev: AgentStream, text: str) -> AgentStream | None:
         thinking = ev.thinking_delta or ""
@@ -124,8 +125,8 @@ class _Turn:
             }
         )
 
-    def released(self, events: Sequence[AgentStream]) -> list[AgentStream]:
-        out: list[AgentStream] = []
+    def released(self, events: Sequence[AgentStream]) -> list[Event]:
+        out: list[Event] = []
         for ev in events:
             if self.calls_held or ev.tool_calls:
                 self.calls_held.append(ev)
@@ -136,7 +137,7 @@ class _Turn:
 
     def tool_calls(self) -> list[Any]:
         for ev in reversed(self.calls_held):  # the last event has the most complete calls
-            if ev.tool_calls:
+            if isinstance(ev, AgentStream) and ev.tool_calls:
                 return list(ev.tool_calls)
         return []
 
@@ -156,7 +157,7 @@ class _AgentRun:
         self.passed_outputs: list[str] = []  # texts of the AgentOutput events passed on
         self.error: UnsafeContentError | None = None
 
-    async def event(self, ev: Any) -> list[Any]:
+    async def event(self, ev: Event) -> list[Event]:
         if isinstance(ev, AgentStream):
             return await self._stream(ev)
         out = await self.end_turn()  # any other event ends the LLM call being streamed
@@ -177,7 +178,7 @@ class _AgentRun:
         out.append(ev)
         return out
 
-    async def _stream(self, ev: AgentStream) -> list[Any]:
+    async def _stream(self, ev: AgentStream) -> list[Event]:
         if self.turn is None:
             gate: StreamGate[AgentStream] | None = None
             if self.policy.is_enabled(Surface.OUTPUT):
@@ -196,11 +197,11 @@ class _AgentRun:
             self.error = turn.mod.error()
         return out
 
-    async def end_turn(self) -> list[Any]:
+    async def end_turn(self) -> list[Event]:
         turn, self.turn = self.turn, None
         if turn is None:
             return []
-        out: list[Any] = []
+        out: list[Event] = []
         if turn.gate is not None and not turn.gate.finished:
             out = turn.released(turn.mod.step(await turn.gate.afinish()))
             if turn.mod.blocked:
@@ -222,7 +223,7 @@ class _AgentRun:
 
     # -- events other than the LLM's stream ---------------------------------------------------
 
-    async def _judge(self, ev: Any) -> Decision | None:
+    async def _judge(self, ev: Event) -> Decision | None:
         """The first blocked decision for what ``ev`` shows, else an allow, or None."""
         items: list[Item] = []
         if isinstance(ev, AgentOutput):

@@ -184,6 +184,7 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
         """A live stream, moderated as the consumer reads it (any other response as is)."""
         if not self.check_response:
             return response
+        prompt = user_turn(query) if query.strip() else None  # None: judged without a question
         if isinstance(response, StreamingResponse) and response.response_gen is not None:
             sync = StreamingResponse(
                 response_gen=empty_text(),
@@ -194,7 +195,7 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
             sync.response_gen = moderate_text(
                 response.response_gen,
                 self.guard,
-                user_turn(query),
+                prompt,
                 policy=self.policy,
                 on_block=self._on_block,
                 on_done=lambda run: _record(sync, run),
@@ -204,7 +205,7 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
             gen = amoderate_text(
                 response.response_gen,
                 self.guard,
-                user_turn(query),
+                prompt,
                 policy=self.policy,
                 on_block=self._on_block,
                 on_done=lambda run: _record(guarded, run),
