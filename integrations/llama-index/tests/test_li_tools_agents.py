@@ -352,3 +352,36 @@ async def test_agent_stream_judges_thinking(guard):
                 thought += ev.thinking_delta or ""
     assert info.value.stage == "output"
     assert UNSAFE_ANSWER.startswith(thought) and " bomb" not in thought
+
+
+class ContentOnlyLLM(MockFunctionCallingLLM):
+    """Streams its answer in the message content only (``delta`` empty), as an LLM integration
+    may for some chunks: the text a reader sees is in ``AgentStream.response`` and
+    ``AgentOutput``, not in the deltas."""
+
+    answer: list[str] = []
+
+    async def astream_chat(self, messages: Any, **kwargs: Any) -> Any:
+        answer = list(self.answer)
+
+        async def gen() -> Any:
+            text = ""
+            for a in answer:
+                await asyncio.sleep(0.001)
+                text += a
+                yield ChatResponse(
+                    message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=""
+                )
+
+        return gen()
+
+
+async def test_agent_stream_judges_text_that_is_not_in_the_deltas(guard):
+    llm = ContentOnlyLLM(answer=split_tokens(UNSAFE_ANSWER))
+    handler = FunctionAgent(tools=[], llm=llm).run("Tell me about the tower.")
+    seen: list[Any] = []
+    with pytest.raises(Qwen3GuardViolation) as info:
+        async for ev in moderate_agent_stream(handler, guard=guard):
+            seen.append(ev)
+    assert info.value.stage == "output"
+    assert "bomb" not in _shown(seen)

@@ -106,16 +106,38 @@ class _Turn:
     carry tool calls (released once the calls are judged, when the call ends)."""
 
     def __init__(self, gate: StreamGate[AgentStream] | None) -> None:
-        self.mod: Moderation[AgentStream] = Moderation(_event_text, self._cut)
+        self.mod: Moderation[AgentStream] = Moderation(self._text_of, self._cut)
         self.mod.opened(gate)
         self.gate = gate
         self.response = ""  # ``response`` of the last event released
         self.calls_held: list[Event] = []  # released by the gate, waiting on tool calls
+        self.answer = ""  # the answer's text so far (without thinking), as the reader sees it
+        self._seen_response = ""  # ``response`` of the last event received
+        self._texts: dict[int, str] = {}  # what each event adds to the answer
+
+    def add(self, ev: AgentStream) -> str:
+        """Record what ``ev`` adds to the answer the reader sees: its thinking, then its delta;
+        or, when its delta is empty, what its ``response`` adds (text can arrive that way)."""
+        delta = ev.delta or ""
+        response = ev.response or ""
+        if not delta and response and response != self._seen_response:
+            seen = self._seen_response
+            delta = response[len(seen) :] if response.startswith(seen) else response
+        if response:
+            self._seen_response = response
+        self.answer += delta
+        text = (ev.thinking_delta or "") + delta
+        self._texts[id(ev)] = text
+        return self.mod.text(ev)
+
+    def _text_of(self, ev: AgentStream) -> str:
+        return self._texts.get(id(ev), "")
 
     def _cut(self, ev: AgentStream, text: str) -> AgentStream | None:
         thinking = ev.thinking_delta or ""
         shown_thinking = text[: len(thinking)]
         delta = text[len(thinking) :]
+        self._texts.pop(id(ev), None)
         return ev.model_copy(
             update={
                 "delta": delta,
@@ -153,6 +175,7 @@ class _AgentRun:
         self.prompt: Messages | None = None
         self.turn: _Turn | None = None
         self.streamed = False  # the current LLM call streamed its text through a gate
+        self.streamed_text = ""  # what the gate judged of the last streamed answer
         self.judged_calls: set[str] = set()  # tool ids whose arguments were judged
         self.passed_outputs: list[str] = []  # texts of the AgentOutput events passed on
         self.error: UnsafeContentError | None = None
@@ -189,7 +212,7 @@ class _AgentRun:
                 self.error = self.turn.mod.error()
                 return []
         turn = self.turn
-        text = turn.mod.text(ev)
+        text = turn.add(ev)
         if turn.gate is None:
             return turn.released([ev])
         out = turn.released(turn.mod.step(await turn.gate.afeed(ev, text)))
@@ -201,6 +224,7 @@ class _AgentRun:
         turn, self.turn = self.turn, None
         if turn is None:
             return []
+        self.streamed_text = turn.answer
         out: list[Event] = []
         if turn.gate is not None and not turn.gate.finished:
             out = turn.released(turn.mod.step(await turn.gate.afinish()))
@@ -228,7 +252,7 @@ class _AgentRun:
         items: list[Item] = []
         if isinstance(ev, AgentOutput):
             text = ev.response.content if ev.response is not None else None
-            if not self.streamed and text and text.strip():
+            if text and text.strip() and not (self.streamed and text.strip() in self.streamed_text):
                 items.append((response_turns(self.prompt, text), Surface.OUTPUT))
             if self.check_tools:
                 items += self._call_items(ev.tool_calls)
@@ -270,11 +294,6 @@ class _AgentRun:
             return None
         decisions = await self.guard.ascreen_batch(items, policy=self.policy)
         return next((d for d in decisions if d.blocked), decisions[0])
-
-
-def _event_text(ev: AgentStream) -> str:
-    """What an event adds to the answer the reader sees: its thinking, then its text."""
-    return (ev.thinking_delta or "") + (ev.delta or "")
 
 
 def _call_arguments(call: Any) -> str:
