@@ -24,7 +24,13 @@ special (Qwen3's ``<think>``/``</think>``) are, as they are when the official ev
 a thinking answer.
 
 The pending text is re-encoded on each feed, so the cost of a feed is that of encoding the
-chunk plus a few words.
+chunk plus a few words. Text without word boundaries (a 10,000-character "word", CJK without
+punctuation) would stay pending and be re-encoded whole on every feed: quadratic. So pending
+text is bounded: past ``max_pending`` characters every token that starts more than
+``keep_tail`` characters before the end is committed (a word that long is not going to merge
+back; the ids of such a word can differ from the whole text's near the cut, nowhere else). And
+the retokenizer holds only the text it has not released (``text`` reads by absolute offset),
+so a long answer costs linear time and constant memory here.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ from typing import Any
 
 #: How many trailing words stay pending until more text (or the end) arrives.
 HOLD_WORDS = 2
+#: Pending text past this many characters is committed, but for its last ``KEEP_TAIL``.
+MAX_PENDING = 512
+KEEP_TAIL = 64
 
 
 @dataclass(frozen=True)
@@ -65,13 +74,47 @@ def kept_added_tokens(tokenizer: Any) -> tuple[str, ...]:
     return tuple(sorted(set(out), key=len, reverse=True))
 
 
+class TextTail:
+    """A growing text read by absolute offsets that keeps only its tail: what was released
+    cannot be read again (``IndexError``)."""
+
+    def __init__(self, text: str = "") -> None:
+        self._buf = text
+        self._off = 0  # absolute offset of ``_buf[0]``
+
+    def __len__(self) -> int:
+        return self._off + len(self._buf)
+
+    def __getitem__(self, key: slice) -> str:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("TextTail takes slices")
+        a = 0 if key.start is None else key.start
+        b = len(self) if key.stop is None else key.stop
+        if a < self._off:
+            raise IndexError(f"text before offset {self._off} was released")
+        return self._buf[a - self._off : max(a, b) - self._off]
+
+    def append(self, chunk: str) -> None:
+        self._buf += chunk
+
+    def release(self, upto: int) -> None:
+        """Forget the text before offset ``upto``."""
+        if upto > self._off:
+            self._buf = self._buf[upto - self._off :]
+            self._off = upto
+
+    def __str__(self) -> str:
+        return self._buf if self._off == 0 else f"...{self._buf}"
+
+
 class Retokenizer:
     """Incremental tokenization of one text stream.
 
     ``prefix`` is text that precedes the stream in the tokenized string and must be tokenized
     together with it (the chat template's ``"assistant\\n"`` before the answer: a leading
     newline in the answer merges with it). Offsets of :class:`Piece` are in
-    ``prefix + text``; pieces that end inside the prefix belong to the template.
+    ``prefix + text``; pieces that end inside the prefix belong to the template. ``text``
+    holds the text from the first piece the last call returned on (older text is released).
     """
 
     def __init__(
@@ -81,14 +124,21 @@ class Retokenizer:
         prefix: str = "",
         kept_added: Sequence[str] | None = None,
         hold_words: int = HOLD_WORDS,
+        max_pending: int = MAX_PENDING,
+        keep_tail: int = KEEP_TAIL,
     ) -> None:
+        if not 0 < keep_tail < max_pending:
+            raise ValueError("need 0 < keep_tail < max_pending")
         self._tok = tokenizer
         self._added = tuple(kept_added) if kept_added is not None else kept_added_tokens(tokenizer)
         self._max_added = max((len(a) for a in self._added), default=0)
         self._hold = max(1, hold_words)
+        self._max_pending = max_pending
+        self._keep_tail = keep_tail
         self.prefix_len = len(prefix)
-        self.text = prefix  # everything received, prefix included
+        self.text = TextTail(prefix)  # everything received, prefix included; read by offset
         self._start = 0  # offset in ``text`` of the first not-yet-committed character
+        self.forced_commits = 0  # how often pending text was committed for its length
 
     @property
     def pending(self) -> str:
@@ -97,12 +147,14 @@ class Retokenizer:
 
     def feed(self, chunk: str) -> list[Piece]:
         """Add text; return the tokens that became stable."""
+        self.text.release(self._start)  # the last call's pieces have been read
         if chunk:
-            self.text += chunk
+            self.text.append(chunk)
         return self._commit(final=False)
 
     def flush(self) -> list[Piece]:
         """The end of the text: commit everything pending."""
+        self.text.release(self._start)
         return self._commit(final=True)
 
     # -- internals ---------------------------------------------------------------------------
@@ -125,16 +177,29 @@ class Retokenizer:
             n = len(ids)
         else:
             n = self._stable_count(pending, ids, offsets, enc.word_ids())
+            if n < len(ids) and len(pending) - offsets[n][0] > self._max_pending:
+                n = max(n, self._forced_count(pending, offsets))
             if n == 0:
                 return []
         base = self._start
         pieces = [Piece(ids[k], base + offsets[k][0], base + offsets[k][1]) for k in range(n)]
-        if final:
-            self._start = len(self.text)
+        if final or n == len(ids):
+            self._start = len(self.text) if final else base + offsets[n - 1][1]
         else:
             # Cut where the first held token starts: a word boundary, hence a character one.
             self._start = base + offsets[n][0]
         return pieces
+
+    def _forced_count(self, pending: str, offsets: list[tuple[int, int]]) -> int:
+        """Tokens to commit of a pending text too long to wait for a word boundary: all that
+        start before its last ``keep_tail`` characters."""
+        cut = len(pending) - self._keep_tail
+        n = next((k for k, (a, _) in enumerate(offsets) if a >= cut), len(offsets))
+        while 0 < n < len(offsets) and offsets[n][0] == offsets[n - 1][0]:
+            n -= 1  # never between two tokens of one character
+        if n:
+            self.forced_commits += 1
+        return n
 
     def _stable_count(
         self,
