@@ -106,7 +106,8 @@ class VLLMStreamBackend:
     path or hub id with the Stream checkpoint's tokenizer, chat template and config (default:
     ``model``); the client plans prompts exactly as the local session does. ``cache_salt``:
     the default salt of every request (one per tenant); a session may pass its own.
-    ``submit_every``: tokens per request (see the module docstring)."""
+    ``submit_every``: tokens per request (see the module docstring). ``read_cache=False``
+    makes every request compute its whole prefix (a baseline for benchmarks)."""
 
     name = "vllm-stream"
 
@@ -132,6 +133,7 @@ class VLLMStreamBackend:
         cache_salt: str | None = None,
         submit_every: int = 1,
         max_context_tokens: int | None = None,
+        read_cache: bool = True,
         log_requests: int = 100_000,
     ) -> None:
         import httpx
@@ -149,6 +151,7 @@ class VLLMStreamBackend:
         self.max_retries = int(max_retries)
         self.cache_salt = cache_salt
         self.submit_every = int(submit_every)
+        self.read_cache = bool(read_cache)
         self._http = httpx.Client(timeout=self.timeout, headers=self._headers())
         self._torch = torch
         server_len: int | None = None
@@ -223,7 +226,6 @@ class VLLMStreamBackend:
         """The local backend's ``forward`` over HTTP: ``cache`` is the :class:`_Prefix` sent
         so far (None: none); one request carries all of it plus ``ids`` and returns the
         rows of the last ``last`` positions (default: all of ``ids``)."""
-        torch = self._torch
         prefix = cache.ids if cache is not None else []
         if cache is not None:
             salt = cache.salt
@@ -232,6 +234,9 @@ class VLLMStreamBackend:
         full = [*prefix, *ids]
         n = len(ids) if last is None else last
         want = len(full) - n
+        if not self.read_cache:  # a baseline: every request computes its whole prefix
+            data = self._pool(full, want, query_index, salt, read_cache=False)
+            return self._step(data["rows"], data.get("query"), n, query_index), _Prefix(full, salt)
         data = self._pool(full, want, query_index, salt)
         rows = list(data["rows"])
         hi = data["first"]
@@ -251,21 +256,30 @@ class VLLMStreamBackend:
                                fill=True).get("query")
             if query is None:
                 raise GuardOutputError("vLLM did not return the query heads asked for")
+        return self._step(rows, query, n, query_index), _Prefix(full, salt)
+
+    def _step(
+        self, rows: Any, query: Any, n: int, query_index: int | None
+    ) -> StepOutput:
+        torch = self._torch
         nr, nc, nqr, nqc = self._sizes
-        if len(rows) != n or any(len(r) != nr + nc for r in rows):
+        if not isinstance(rows, list) or len(rows) != n or any(len(r) != nr + nc for r in rows):
             raise GuardOutputError(
-                f"vLLM returned {len(rows)} rows for {n} tokens (or rows of the wrong width); "
+                f"vLLM returned {len(rows) if isinstance(rows, list) else 'no'} rows for {n} "
+                "tokens (or rows of the wrong width); "
                 "is the server running the qwen3guard_stream IO processor on a Stream model?"
             )
         t = torch.tensor(rows, dtype=torch.float32).reshape(n, nr + nc)
         q_risk = q_cat = None
         if query_index is not None:
+            if query is None:
+                raise GuardOutputError("vLLM did not return the query heads asked for")
             q = torch.tensor(query, dtype=torch.float32)
             if q.numel() != nqr + nqc:
                 raise GuardOutputError("vLLM returned query heads of the wrong width")
             q_risk, q_cat = q[:nqr], q[nqr:]
         self.forwards_run += 1
-        return StepOutput(t[:, :nr], t[:, nr:], q_risk, q_cat), _Prefix(full, salt)
+        return StepOutput(t[:, :nr], t[:, nr:], q_risk, q_cat)
 
     # -- HTTP ----------------------------------------------------------------------------
 
