@@ -90,12 +90,14 @@ async def test_unsafe_follow_up_never_reaches_the_llm(index, gen_guard, use_asyn
 
 
 @pytest.mark.parametrize("method", ["chat", "stream_chat"])
-def test_unsafe_turn_in_the_given_history_is_caught(index, gen_guard, method):
+@pytest.mark.parametrize("role", [MessageRole.USER, MessageRole.SYSTEM, MessageRole.ASSISTANT])
+def test_unsafe_turn_in_the_given_history_is_caught(index, gen_guard, method, role):
+    # Whatever its role, a message of a client-supplied history is read by the LLM.
     llm = ScriptedLLM()
     engine = _guarded(index, gen_guard, llm)
     history = [
-        ChatMessage(role=MessageRole.USER, content=UNSAFE_QUERY),
-        ChatMessage(role=MessageRole.ASSISTANT, content="Let me look into that."),
+        ChatMessage(role=role, content=UNSAFE_QUERY),
+        ChatMessage(role=MessageRole.USER, content="Hello."),
     ]
     with pytest.raises(Qwen3GuardViolation):
         getattr(engine, method)("Thanks!", chat_history=history)
