@@ -81,35 +81,49 @@ class Op:
 Core = Generator[Any, Any, R]
 
 
+class _Done(Exception):
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _advance(core: Core[Any], value: Any, error: BaseException | None) -> Any:
+    """The core's next request, given the answer to its last one; raises :class:`_Done`
+    with its return value when it has finished."""
+    try:
+        return core.throw(error) if error is not None else core.send(value)
+    except StopIteration as stop:
+        raise _Done(stop.value) from None
+
+
 def run(core: Core[R]) -> R:
     """Run a core that only asks for calls; return what it returns."""
     value: Any = None
     error: BaseException | None = None
-    while True:
-        try:
-            op = core.throw(error) if error is not None else core.send(value)
-        except StopIteration as stop:
-            return stop.value
-        value, error = None, None
-        try:
-            value = op.sync(*op.args, **op.kwargs)
-        except Exception as exc:  # noqa: BLE001 - handed to the core
-            error = exc
+    try:
+        while True:
+            op = _advance(core, value, error)
+            value, error = None, None
+            try:
+                value = op.sync(*op.args, **op.kwargs)
+            except Exception as exc:  # noqa: BLE001 - handed to the core
+                error = exc
+    except _Done as done:
+        return done.value
 
 
 async def arun(core: Core[R]) -> R:
     value: Any = None
     error: BaseException | None = None
-    while True:
-        try:
-            op = core.throw(error) if error is not None else core.send(value)
-        except StopIteration as stop:
-            return stop.value
-        value, error = None, None
-        try:
-            value = await op.asyn(*op.args, **op.kwargs)
-        except Exception as exc:  # noqa: BLE001
-            error = exc
+    try:
+        while True:
+            op = _advance(core, value, error)
+            value, error = None, None
+            try:
+                value = await op.asyn(*op.args, **op.kwargs)
+            except Exception as exc:  # noqa: BLE001
+                error = exc
+    except _Done as done:
+        return done.value
 
 
 def drive(core: Core[None]) -> Iterator[Any]:
@@ -118,18 +132,17 @@ def drive(core: Core[None]) -> Iterator[Any]:
     error: BaseException | None = None
     try:
         while True:
-            try:
-                req = core.throw(error) if error is not None else core.send(value)
-            except StopIteration:
-                return
+            req = _advance(core, value, error)
             value, error = None, None
-            if isinstance(req, Op):
-                try:
-                    value = req.sync(*req.args, **req.kwargs)
-                except Exception as exc:  # noqa: BLE001
-                    error = exc
-            else:
+            if not isinstance(req, Op):
                 yield from req
+                continue
+            try:
+                value = req.sync(*req.args, **req.kwargs)
+            except Exception as exc:  # noqa: BLE001
+                error = exc
+    except _Done:
+        return
     finally:
         core.close()
 
@@ -139,19 +152,18 @@ async def adrive(core: Core[None]) -> AsyncIterator[Any]:
     error: BaseException | None = None
     try:
         while True:
-            try:
-                req = core.throw(error) if error is not None else core.send(value)
-            except StopIteration:
-                return
+            req = _advance(core, value, error)
             value, error = None, None
-            if isinstance(req, Op):
-                try:
-                    value = await req.asyn(*req.args, **req.kwargs)
-                except Exception as exc:  # noqa: BLE001
-                    error = exc
-            else:
+            if not isinstance(req, Op):
                 for item in req:
                     yield item
+                continue
+            try:
+                value = await req.asyn(*req.args, **req.kwargs)
+            except Exception as exc:  # noqa: BLE001
+                error = exc
+    except _Done:
+        return
     finally:
         core.close()
 
