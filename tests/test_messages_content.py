@@ -151,6 +151,17 @@ def test_tool_calls_are_judged_on_the_tool_call_surface_and_text_on_its_own():
     assert items[1] == (tool_call_conversation("search", '{"q": "a"}'), Surface.TOOL_CALL)
 
 
+def test_a_message_object_is_read_with_its_additional_kwargs():
+    class Msg:  # the shape of e.g. a LlamaIndex ChatMessage
+        role = "assistant"
+        content = "ok"
+        additional_kwargs = {"tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "search", "arguments": '{"q": "zq-marker"}'}}]}
+
+    conv = normalize_messages([{"role": "user", "content": QUESTION}, Msg()])
+    assert "zq-marker" in conv[-1]["content"]
+
+
 def test_two_different_calls_with_one_id_are_both_read():
     content = read_message(
         {

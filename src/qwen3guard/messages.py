@@ -64,9 +64,11 @@ def _read(m: Any, i: int, non_text: NonText) -> Message:
             raise InvalidInputError(f"{where} must be a dict with 'role' and 'content'")
         content = read_message(m, where=where, non_text=non_text)
     elif hasattr(m, "role") and hasattr(m, "content"):
-        content = read_message(
-            {"role": m.role, "content": m.content}, where=where, non_text=non_text
-        )
+        fields = {"role": m.role, "content": m.content}
+        extra = getattr(m, "additional_kwargs", None)  # e.g. a LlamaIndex ChatMessage
+        if isinstance(extra, Mapping):
+            fields["additional_kwargs"] = extra
+        content = read_message(fields, where=where, non_text=non_text)
     else:
         raise InvalidInputError(
             f"{where} must be a dict with 'role' and 'content', not {type(m).__name__}"
