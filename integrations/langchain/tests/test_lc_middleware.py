@@ -129,9 +129,11 @@ async def test_unsafe_tool_call_ends(guard, is_async):
     out = await run(agent, QUESTION, is_async)
     assert lookup.runs == []
     assert len(model.calls) == 1  # the run ended before the model was called again
-    tool_msg = next(m for m in out["messages"] if isinstance(m, ToolMessage))
-    assert tool_msg.content == "BLOCKED tool call: Violent"
+    # The call is judged with the answer that emits it, so its arguments never enter the
+    # state (before, the tool message said "blocked" while the AI message kept the call).
     assert out["messages"][-1].content == "BLOCKED tool call: Violent"
+    assert "bomb" not in all_text(out)
+    assert not any(getattr(m, "tool_calls", None) for m in out["messages"])
 
 
 @modes

@@ -2,57 +2,113 @@
 
     agent = create_agent(model, tools=[...], middleware=[Qwen3GuardMiddleware(guard)])
 
-Shaped like ``langchain_openai``'s ``OpenAIModerationMiddleware``:
+Shaped like ``langchain_openai``'s ``OpenAIModerationMiddleware``. What is judged:
 
-- ``check_input``: a new user message is judged before the model is called (``before_model``);
-- ``check_output``: the model's answer is moderated *while it streams* (``wrap_model_call``
-  runs the model wrapped in :class:`Qwen3GuardChatModel`, so even ``stream_mode="messages"``
-  clients only see moderated chunks), or with ``stream_output=False`` judged whole after the
-  call (``after_model``);
-- ``check_tool_calls``: each tool call's arguments are judged before the tool runs
-  (``wrap_tool_call``): a blocked call never runs;
-- ``check_tool_results``: each tool result is judged before the model reads it
-  (``wrap_tool_call``): a blocked result is never shown to the model.
+- ``check_input`` (``before_model``): **every message the middleware has not judged yet**, not
+  only the last user message: each user-authored message (``HumanMessage``,
+  ``ChatMessage(role="user")``, a ``{"role": "user"}`` dict), a system message, and an AI or tool
+  message the client put in the input, each on its own (all texts it holds: content blocks,
+  reasoning, tool calls, ``additional_kwargs``), and, when there are several, all of them as
+  one conversation (a request split over several messages). A message the guard cannot read (an
+  image block, a lone surrogate) is blocked with the reason.
+- ``check_output`` (``wrap_model_call``, before the answer enters the agent's state): the
+  answer's text is moderated *while it streams* (the model runs wrapped in
+  :class:`Qwen3GuardChatModel`, whose streaming gate is the core's, so even
+  ``stream_mode="messages"`` clients only see moderated chunks), or with
+  ``stream_output=False`` judged whole after the call; its reasoning, and the structured output
+  of ``response_format=`` (``ToolStrategy`` and ``ProviderStrategy``), are judged whole.
+- ``check_tool_calls``: each tool call the model emits (parsed or invalid, or in
+  ``additional_kwargs``) is judged before the answer enters the state (surface ``tool_call``),
+  and again before the tool runs (``wrap_tool_call``; a call already judged is not judged
+  twice): a blocked call never runs.
+- ``check_tool_results`` (``wrap_tool_call``): a tool's result before the model reads it: a
+  ``ToolMessage``, or every message and any other text in the update of a LangGraph
+  ``Command`` the tool returned. A tool's *artifact* (``response_format="content_and_artifact"``)
+  is not judged: it is for the application and is not sent to the LLM (LangChain chat models
+  send ``ToolMessage.content`` only); a blocked result loses its artifact with it.
+
+The record of what was judged is kept where a client cannot write it: private graph state
+(``Qwen3GuardMiddleware.STATE_KEY``, marked ``PrivateStateAttr``, so ``create_agent`` leaves it
+out of the agent's input and output schemas; langchain 1.5.2 ``agents/middleware/types.py``,
+``agents/factory.py::_resolve_schema``), holding keyed digests (HMAC-SHA256 with the
+middleware's ``record_key``) of the messages judged or produced under the middleware. A
+message's metadata is never trusted, a message replaced by its id is new input, and even a
+record written into the state by other means (``update_state``) cannot vouch for content without
+the key. With a checkpointer, a thread's judged turns are not judged again; a new process with
+another key judges them once more (pass the same ``record_key`` to every worker to avoid it).
 
 ``exit_behavior``:
 
 - ``"error"``: raise :class:`qwen3guard.Qwen3GuardViolation` (``stage`` = the surface:
-  ``input``, ``output``, ``tool_call``, ``tool_result``; ``verdict``; ``content``);
-- ``"end"``: end the run with an AI message carrying the violation message (a blocked answer
-  is replaced by it; a blocked tool call or result becomes a tool message with the violation
-  message and the run ends before the model is called again);
-- ``"replace"``: put the violation message in place of the blocked content and carry on
-  (the user message, the answer, or the tool message the model will read).
+  ``input``, ``output``, ``tool_call``, ``tool_result``; ``verdict``; ``decision``; ``content``);
+- ``"end"``: end the run with an AI message carrying the violation message. Blocked input
+  messages are replaced in the state by the violation message (the next turn of the thread does
+  not show them to the model); a blocked answer is replaced by it; a blocked tool call or result
+  becomes a tool message with it, and the run ends before the model is called again;
+- ``"replace"``: put the violation message in place of the blocked content and carry on (the
+  input message, or the tool message the model will read); a blocked answer ends the run as
+  with ``"end"``.
 
-Every hook has its async form; all guard work in the async forms is awaited (never blocks the
-event loop). Messages the middleware wrote carry ``response_metadata["qwen3guard"]``.
+Every hook has its async form; they share one core and differ only in how they wait for the
+guard (awaited in the async forms: the event loop is never blocked).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import os
+import threading
+import warnings
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal, cast
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, cast
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
-
-from qwen3guard import Decision, Policy, Qwen3Guard, Qwen3GuardViolation, Surface
-
-from ._convert import (
-    METADATA_KEY,
-    GuardMessage,
-    answer_conversation,
-    decision_metadata,
-    format_violation,
-    message_text,
-    message_to_guard,
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    RemoveMessage,
+    ToolMessage,
+    convert_to_messages,
 )
-from ._screen import ascreen, screen, violation
-from .callbacks import tool_call_conversation, tool_result_conversation
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph.message import REMOVE_ALL_MESSAGES
+from pydantic import Field
+from typing_extensions import NotRequired
+
+from qwen3guard import (
+    METADATA_KEY,
+    Decision,
+    InvalidInputError,
+    Policy,
+    Qwen3Guard,
+    Surface,
+    UnsafeContentError,
+    get_default_guard,
+)
+from qwen3guard.content import (
+    MessageContent,
+    answer_conversation,
+    as_text,
+    tool_call_conversation,
+    tool_result_conversation,
+)
+
+from ._convert import format_violation, message_content
 from .chat_model import Qwen3GuardChatModel
 
 try:
     from langchain.agents.middleware import AgentMiddleware, AgentState, hook_config
-    from langchain.agents.middleware.types import ModelRequest, ModelResponse
+    from langchain.agents.middleware.types import (
+        ExtendedModelResponse,
+        ModelRequest,
+        ModelResponse,
+        PrivateStateAttr,
+    )
 except ImportError as exc:  # pragma: no cover - exercised without the `langchain` package
     raise ImportError(
         "Qwen3GuardMiddleware needs the `langchain` package (for create_agent): "
@@ -65,12 +121,25 @@ if TYPE_CHECKING:
     from langgraph.types import Command
 
 ExitBehavior = Literal["error", "end", "replace"]
+Conversation = list[dict[str, str]]
+Item = tuple[Conversation, Surface]
 
-_END_MARK = "end"
+_STATE_KEY = "qwen3guard_judged"
+_MEMO_SIZE = 4096
 
 
-class Qwen3GuardMiddleware(AgentMiddleware[AgentState[Any], Any]):
+class Qwen3GuardState(AgentState[Any]):
+    """The agent state with the middleware's private record (digests of judged messages)."""
+
+    qwen3guard_judged: NotRequired[Annotated[list[str], PrivateStateAttr]]
+
+
+class Qwen3GuardMiddleware(AgentMiddleware[Qwen3GuardState, Any]):
     """Moderate an agent's input, output, tool calls and tool results with Qwen3Guard."""
+
+    state_schema = Qwen3GuardState
+    #: The private state key of the record of judged messages.
+    STATE_KEY = _STATE_KEY
 
     def __init__(
         self,
@@ -84,7 +153,9 @@ class Qwen3GuardMiddleware(AgentMiddleware[AgentState[Any], Any]):
         stream_output: bool = True,
         exit_behavior: ExitBehavior = "end",
         violation_message: str | None = None,
-        holdback_tokens: int = 1,
+        record_key: bytes | None = None,
+        hold_back_tokens: int | None = None,
+        holdback_tokens: int | None = None,
     ) -> None:
         """
         Args:
@@ -96,9 +167,20 @@ class Qwen3GuardMiddleware(AgentMiddleware[AgentState[Any], Any]):
             exit_behavior: ``"error"``, ``"end"`` or ``"replace"`` (see the module docstring).
             violation_message: template of the violation message; may use ``{stage}``,
                 ``{categories}``, ``{risk}``, ``{reason}``.
-            holdback_tokens: see :class:`langchain_qwen3guard.Qwen3GuardRunnable`.
+            record_key: the key of the record of judged messages (random per middleware when
+                not given; give every worker of a deployment the same one).
+            hold_back_tokens / holdback_tokens: deprecated, no effect: what a streamed answer
+                holds back is decided by the core :class:`qwen3guard.StreamGate` (only text
+                the guard has settled is passed on).
         """
         super().__init__()
+        if hold_back_tokens is not None or holdback_tokens is not None:
+            warnings.warn(
+                "Qwen3GuardMiddleware(hold_back_tokens=...) has no effect: the core StreamGate "
+                "decides what a streamed answer holds back",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         if exit_behavior not in ("error", "end", "replace"):
             raise ValueError(
                 f"exit_behavior must be 'error', 'end' or 'replace', not {exit_behavior!r}"
@@ -110,330 +192,618 @@ class Qwen3GuardMiddleware(AgentMiddleware[AgentState[Any], Any]):
         self.check_tool_calls = check_tool_calls
         self.check_tool_results = check_tool_results
         self.stream_output = stream_output
-        self.exit_behavior = exit_behavior
+        self.exit_behavior: ExitBehavior = exit_behavior
         self.violation_message = violation_message
-        self.holdback_tokens = holdback_tokens
+        self._key = record_key if record_key is not None else os.urandom(32)
+        # In-process notes (digests, bounded): tool results produced under this middleware
+        # (the tools node cannot write the private record), texts judged allowed on a surface
+        # (a tool call judged with the answer is not judged again before it runs), and the
+        # tool messages that end the run.
+        self._lock = threading.Lock()
+        self._produced: OrderedDict[str, None] = OrderedDict()
+        self._allowed: OrderedDict[str, None] = OrderedDict()
+        self._ending: OrderedDict[str, None] = OrderedDict()
 
-    # -- before the model: new user input, and runs ended by a tool check ------------------------
+    # -- hooks: each builds a plan, waits for the guard (the only difference between the sync
+    # -- and async forms), and finishes the plan -------------------------------------------------
 
     @hook_config(can_jump_to=["end"])
-    def before_model(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:  # type: ignore[override]
-        messages = list(state.get("messages", []))
-        if (ended := self._ended_by_tool(messages)) is not None:
-            return ended
-        target = self._new_input(messages) if self.check_input else None
-        if target is None:
-            return None
-        idx, conv = target
-        decision = screen(self.guard, self.policy, conv, Surface.INPUT)
-        return None if decision.allowed else self._apply(messages, idx, decision, conv)
+    def before_model(
+        self, state: Qwen3GuardState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        plan = self._input_plan(state)
+        return plan.finish(self._screen(plan.items))
 
     @hook_config(can_jump_to=["end"])
     async def abefore_model(
-        self, state: AgentState[Any], runtime: Runtime[Any]
-    ) -> dict[str, Any] | None:  # type: ignore[override]
-        messages = list(state.get("messages", []))
-        if (ended := self._ended_by_tool(messages)) is not None:
-            return ended
-        target = self._new_input(messages) if self.check_input else None
-        if target is None:
-            return None
-        idx, conv = target
-        decision = await ascreen(self.guard, self.policy, conv, Surface.INPUT)
-        return None if decision.allowed else self._apply(messages, idx, decision, conv)
+        self, state: Qwen3GuardState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        plan = self._input_plan(state)
+        return plan.finish(await self._ascreen(plan.items))
 
-    # -- the model call: streamed moderation ----------------------------------------------------
+    def after_model(
+        self, state: Qwen3GuardState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        # What the model node added was judged in wrap_model_call: record it.
+        return self._record_update(state)
+
+    async def aafter_model(
+        self, state: Qwen3GuardState, runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        return self._record_update(state)
 
     def wrap_model_call(
-        self, request: ModelRequest[Any], handler: Callable[[ModelRequest[Any]], ModelResponse[Any]]
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], Any],
     ) -> Any:
-        if not self._streams(request):
-            return handler(request)
+        guarded = self._guarded_request(request)
         try:
-            response = handler(request.override(model=self._guarded(request.model)))
-        except Qwen3GuardViolation as exc:
-            return self._model_blocked(exc)
-        return _mark_checked(response)
+            response = handler(guarded or request)
+        except UnsafeContentError as exc:
+            return self._answer_blocked(exc.decision, exc.content)
+        plan = self._output_plan(request, response, judged=guarded is not None)
+        return plan.finish(self._screen(plan.items))
 
     async def awrap_model_call(
         self,
         request: ModelRequest[Any],
-        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
+        handler: Callable[[ModelRequest[Any]], Awaitable[Any]],
     ) -> Any:
-        if not self._streams(request):
-            return await handler(request)
+        guarded = self._guarded_request(request)
         try:
-            response = await handler(request.override(model=self._guarded(request.model)))
-        except Qwen3GuardViolation as exc:
-            return self._model_blocked(exc)
-        return _mark_checked(response)
-
-    # -- after the model: the whole answer (when it was not moderated while streaming) ------------
-
-    @hook_config(can_jump_to=["end"])
-    def after_model(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:  # type: ignore[override]
-        messages = list(state.get("messages", []))
-        target = self._new_output(messages) if self.check_output else None
-        if target is None:
-            return None
-        idx, conv = target
-        decision = screen(self.guard, self.policy, conv, Surface.OUTPUT)
-        return None if decision.allowed else self._apply(messages, idx, decision, conv)
-
-    @hook_config(can_jump_to=["end"])
-    async def aafter_model(
-        self, state: AgentState[Any], runtime: Runtime[Any]
-    ) -> dict[str, Any] | None:  # type: ignore[override]
-        messages = list(state.get("messages", []))
-        target = self._new_output(messages) if self.check_output else None
-        if target is None:
-            return None
-        idx, conv = target
-        decision = await ascreen(self.guard, self.policy, conv, Surface.OUTPUT)
-        return None if decision.allowed else self._apply(messages, idx, decision, conv)
-
-    # -- tools: arguments before the tool runs, results before the model reads them -------------
+            response = await handler(guarded or request)
+        except UnsafeContentError as exc:
+            return self._answer_blocked(exc.decision, exc.content)
+        plan = self._output_plan(request, response, judged=guarded is not None)
+        return plan.finish(await self._ascreen(plan.items))
 
     def wrap_tool_call(
         self,
         request: ToolCallRequest,
         handler: Callable[[ToolCallRequest], ToolMessage | Command[Any]],
     ) -> ToolMessage | Command[Any]:
-        call = request.tool_call
-        if self.check_tool_calls:
-            conv = tool_call_conversation(call.get("name"), call.get("args", {}))
-            decision = screen(self.guard, self.policy, conv, Surface.TOOL_CALL)
-            if decision.blocked:
-                return self._tool_blocked(call, decision, conv)
-        result = handler(request)
-        if not self.check_tool_results:
-            return result
-        targets = _tool_messages(result)
-        if not targets:
-            return result
-        decisions = [
-            screen(
-                self.guard,
-                self.policy,
-                tool_result_conversation(message_text(m)),
-                Surface.TOOL_RESULT,
-            )
-            for m in targets
-        ]
-        return self._tool_results(result, targets, decisions)
+        call = self._call_plan(request)
+        if (blocked := call.finish(self._screen(call.items))) is not None:
+            return blocked
+        plan = self._result_plan(request, handler(request))
+        return plan.finish(self._screen(plan.items))
 
     async def awrap_tool_call(
         self,
         request: ToolCallRequest,
         handler: Callable[[ToolCallRequest], Awaitable[ToolMessage | Command[Any]]],
     ) -> ToolMessage | Command[Any]:
-        call = request.tool_call
-        if self.check_tool_calls:
-            conv = tool_call_conversation(call.get("name"), call.get("args", {}))
-            decision = await ascreen(self.guard, self.policy, conv, Surface.TOOL_CALL)
-            if decision.blocked:
-                return self._tool_blocked(call, decision, conv)
-        result = await handler(request)
-        if not self.check_tool_results:
-            return result
-        targets = _tool_messages(result)
-        if not targets:
-            return result
-        decisions = [
-            await ascreen(
-                self.guard,
-                self.policy,
-                tool_result_conversation(message_text(m)),
-                Surface.TOOL_RESULT,
-            )
-            for m in targets
-        ]
-        return self._tool_results(result, targets, decisions)
+        call = self._call_plan(request)
+        if (blocked := call.finish(await self._ascreen(call.items))) is not None:
+            return blocked
+        plan = self._result_plan(request, await handler(request))
+        return plan.finish(await self._ascreen(plan.items))
 
-    # -- internals ------------------------------------------------------------------------------
+    # -- waiting for the guard --------------------------------------------------------------------
+
+    def _resolved(self) -> Qwen3Guard:
+        return self.guard if self.guard is not None else get_default_guard()
+
+    def _screen(self, items: list[Item]) -> list[Decision]:
+        if not items:
+            return []
+        return self._resolved().screen_batch(items, policy=self.policy)
+
+    async def _ascreen(self, items: list[Item]) -> list[Decision]:
+        if not items:
+            return []
+        return await self._resolved().ascreen_batch(items, policy=self.policy)
+
+    # -- the record ------------------------------------------------------------------------------
+
+    def _digest(self, *parts: Any) -> str:
+        data = json.dumps(parts, sort_keys=True, ensure_ascii=True, default=repr)
+        return hmac.new(self._key, data.encode("ascii"), hashlib.sha256).hexdigest()[:40]
+
+    def digest_of(self, message: BaseMessage) -> str:
+        """The record's digest of a message: everything of it an LLM can see (not its id or
+        metadata)."""
+        return self._digest(
+            "message",
+            message.type,
+            getattr(message, "role", None),
+            message.content,
+            getattr(message, "tool_calls", None),
+            getattr(message, "invalid_tool_calls", None),
+            message.additional_kwargs,
+            getattr(message, "tool_call_id", None),
+        )
+
+    def _note(self, memo: OrderedDict[str, None], digest: str) -> None:
+        with self._lock:
+            memo[digest] = None
+            memo.move_to_end(digest)
+            while len(memo) > _MEMO_SIZE:
+                memo.popitem(last=False)
+
+    def _noted(self, memo: OrderedDict[str, None], digest: str) -> bool:
+        with self._lock:
+            return digest in memo
+
+    def _item_digest(self, item: Item) -> str:
+        return self._digest("judged", item[1].value, item[0])
+
+    def _known(self, state: Qwen3GuardState | dict[str, Any]) -> set[str]:
+        record: list[str] = cast("list[str]", state.get(_STATE_KEY) or [])
+        return set(record)
+
+    def _record_update(self, state: Qwen3GuardState | dict[str, Any]) -> dict[str, Any] | None:
+        """The record of the messages now in the state (all of them judged or produced under
+        the middleware by the time this runs); ``None`` when it has not changed."""
+        record = [self.digest_of(m) for m in state.get("messages", [])]
+        return None if set(record) == self._known(state) else {_STATE_KEY: record}
+
+    # -- building the plans ------------------------------------------------------------------------
+
+    def _input_plan(self, state: Qwen3GuardState) -> _InputPlan:
+        messages = list(state.get("messages", []))
+        known = self._known(state)
+        plan = _InputPlan(self, messages, known=known)
+        if (ending := self._ended_by_tool(messages)) is not None:
+            plan.ending = ending
+            return plan
+        joint: list[int] = []
+        for idx, m in enumerate(messages):
+            digest = self.digest_of(m)
+            if digest in known or self._noted(self._produced, digest):
+                continue
+            is_tool = isinstance(m, ToolMessage)
+            if not (self.check_tool_results if is_tool else self.check_input):
+                continue
+            surface = Surface.TOOL_RESULT if is_tool else Surface.INPUT
+            try:
+                content = message_content(m)
+            except InvalidInputError as exc:
+                plan.pre.append(([idx], _unreadable(surface, exc)))
+                continue
+            text = content.full_text
+            if not text.strip():
+                continue
+            plan.add([idx], ([{"role": "user", "content": text}], surface), text)
+            if not is_tool:
+                joint.append(idx)
+        if len(joint) > 1:
+            conv = [{"role": "user", "content": plan.texts[i]} for i in joint]
+            plan.add(joint, (conv, Surface.INPUT), "\n".join(plan.texts[i] for i in joint))
+        return plan
+
+    def _answer_items(
+        self, message: AIMessage, context: Conversation
+    ) -> list[tuple[Item, str] | Decision]:
+        """What of a model's answer is judged: what it says (text and reasoning) on
+        ``output``, each tool call on ``tool_call``; a decision when it cannot be read."""
+        try:
+            content = message_content(message)
+        except InvalidInputError as exc:
+            return [_unreadable(Surface.OUTPUT, exc)]
+        out: list[tuple[Item, str] | Decision] = []
+        if self.check_output and content.said.strip():
+            out.append(((answer_conversation(context, content.said), Surface.OUTPUT), content.said))
+        if self.check_tool_calls:
+            for call in content.tool_calls:
+                item = (tool_call_conversation(call.name, call.arguments), Surface.TOOL_CALL)
+                out.append((item, call.render()))
+        return out
+
+    def _output_plan(self, request: ModelRequest[Any], response: Any, judged: bool) -> _OutputPlan:
+        """What is judged after the model call: the structured output, and, when the model
+        was not run guarded (it is a ``Qwen3GuardChatModel`` already), the answer itself."""
+        plan = _OutputPlan(self, response)
+        context = _last_request(request.messages)
+        for m in plan.model_response.result if not judged else ():
+            if isinstance(m, AIMessage):
+                for entry in self._answer_items(m, context):
+                    plan.add_entry(entry)
+        structured = plan.model_response.structured_response
+        if self.check_output and structured is not None:
+            text = as_text(structured)
+            plan.add((answer_conversation(context, text), Surface.OUTPUT), text)
+        return plan
+
+    def _call_plan(self, request: ToolCallRequest) -> _CallPlan:
+        call = request.tool_call
+        plan = _CallPlan(self, dict(call))
+        if self.check_tool_calls:
+            item: Item = (
+                tool_call_conversation(call.get("name"), call.get("args", {})),
+                Surface.TOOL_CALL,
+            )
+            if (
+                item[0]
+                and not self._noted(self._allowed, self._item_digest(item))
+                and not self._judged_with_answer(request)
+            ):
+                plan.items.append(item)
+        return plan
+
+    def _judged_with_answer(self, request: ToolCallRequest) -> bool:
+        """Whether the call is, unchanged, one of an answer of the model that the middleware
+        recorded: with ``check_tool_calls`` its calls were judged (surface ``tool_call``) before
+        the answer entered the state, so they are not judged twice."""
+        state = request.state if isinstance(request.state, dict) else {}
+        record = set(state.get(_STATE_KEY) or ())
+        call = request.tool_call
+        if not record or not call.get("id"):
+            return False
+        for m in reversed(state.get("messages") or ()):
+            if not isinstance(m, AIMessage):
+                continue
+            for c in m.tool_calls:
+                if c.get("id") == call.get("id"):
+                    same = (c.get("name"), c.get("args")) == (call.get("name"), call.get("args"))
+                    return same and self.digest_of(m) in record
+        return False
+
+    def _result_plan(self, request: ToolCallRequest, result: Any) -> _ResultPlan:
+        plan = _ResultPlan(self, dict(request.tool_call), result)
+        if not self.check_tool_results:
+            return plan
+        for m in plan.messages:
+            try:
+                text = message_content(m).full_text
+            except InvalidInputError as exc:
+                plan.pre.append(_unreadable(Surface.TOOL_RESULT, exc))
+                continue
+            plan.add(tool_result_conversation(text), text)
+        if plan.other is not None:
+            text = as_text(plan.other)
+            plan.add(tool_result_conversation(text), text)
+        return plan
+
+    # -- outcomes ----------------------------------------------------------------------------------
 
     def _text(self, decision: Decision) -> str:
         return format_violation(self.violation_message, decision)
 
-    def _meta(self, decision: Decision, exit_behavior: str | None = None) -> dict[str, Any]:
-        meta = decision_metadata(decision)
-        meta["exit_behavior"] = exit_behavior or self.exit_behavior
-        return {METADATA_KEY: meta}
+    def _meta(self, decision: Decision) -> dict[str, Any]:
+        return {METADATA_KEY: {**decision.to_dict(), "exit_behavior": self.exit_behavior}}
 
-    def _streams(self, request: ModelRequest[Any]) -> bool:
-        return (
-            self.check_output
-            and self.stream_output
-            and not isinstance(request.model, Qwen3GuardChatModel)
+    def _raise(self, decision: Decision, content: Any) -> NoReturn:
+        raise UnsafeContentError(
+            stage=decision.surface, verdict=decision.verdict, content=content, decision=decision
         )
 
-    def _guarded(self, model: Any) -> Qwen3GuardChatModel:
-        return Qwen3GuardChatModel(
-            llm=model,
-            guard=self.guard,
-            policy=self.policy,
-            check_input=False,
-            check_output=True,
-            exit_behavior="error",
-            holdback_tokens=self.holdback_tokens,
-        )
-
-    def _model_blocked(self, exc: Qwen3GuardViolation) -> Any:
+    def _answer_blocked(self, decision: Decision, content: Any) -> ModelResponse[Any]:
         if self.exit_behavior == "error":
-            raise exc
-        decision = getattr(exc, "decision", None) or Decision(
-            False, exc.verdict, Surface(exc.stage), "blocked"
-        )
+            self._raise(decision, content)
         # An answer without tool calls: the agent stops here ("end" and "replace" alike).
         return ModelResponse(
             result=[AIMessage(content=self._text(decision), response_metadata=self._meta(decision))]
         )
 
-    def _new_input(self, messages: Sequence[BaseMessage]) -> tuple[int, list[GuardMessage]] | None:
-        """The last user message, when no AI message came after it (a new turn)."""
-        for idx in range(len(messages) - 1, -1, -1):
-            m = messages[idx]
-            if isinstance(m, AIMessage):
-                return None
-            if isinstance(m, HumanMessage):
-                if _marked(m):
-                    return None
-                g = message_to_guard(m)
-                return (idx, [g]) if g is not None else None
-        return None
-
-    def _new_output(self, messages: Sequence[BaseMessage]) -> tuple[int, list[GuardMessage]] | None:
-        if not messages or not isinstance(messages[-1], AIMessage):
-            return None
-        last = messages[-1]
-        if _marked(last):
-            return None
-        judged = message_to_guard(last)
-        if judged is None:
-            return None
-        prompt = next(
-            (message_to_guard(m) for m in reversed(messages[:-1]) if isinstance(m, HumanMessage)),
-            None,
-        )
-        return len(messages) - 1, answer_conversation([prompt] if prompt else [], judged["content"])
-
-    def _apply(
-        self,
-        messages: Sequence[BaseMessage],
-        idx: int,
-        decision: Decision,
-        conv: list[GuardMessage],
-    ) -> dict[str, Any]:
-        text = self._text(decision)
+    def _tool_blocked(self, call: dict[str, Any], decision: Decision, content: Any) -> ToolMessage:
         if self.exit_behavior == "error":
-            raise violation(decision, conv[-1]["content"] if conv else "")
-        original = messages[idx]
-        meta = self._meta(decision)
-        if isinstance(original, AIMessage):
-            # Replace the answer in place (same id), so the unsafe text leaves the state too.
-            replaced = AIMessage(content=text, id=original.id, response_metadata=meta)
-            update: dict[str, Any] = {"messages": [replaced]}
-            if self.exit_behavior == "end":
-                update["jump_to"] = "end"
-            return update
-        if self.exit_behavior == "end":
-            return {"jump_to": "end", "messages": [AIMessage(content=text, response_metadata=meta)]}
-        replaced_msg = original.model_copy(
-            update={
-                "content": text,
-                "response_metadata": {**original.response_metadata, **meta},
-            }
-        )
-        return {
-            "messages": [replaced_msg]
-            if original.id
-            else [*messages[:idx], replaced_msg, *messages[idx + 1 :]]
-        }
-
-    def _ended_by_tool(self, messages: Sequence[BaseMessage]) -> dict[str, Any] | None:
-        """A tool check with ``exit_behavior="end"`` left its mark: end before the model."""
-        for m in reversed(messages):
-            if isinstance(m, AIMessage):
-                return None
-            if isinstance(m, ToolMessage):
-                meta = m.response_metadata.get(METADATA_KEY) or {}
-                if meta.get("exit_behavior") == _END_MARK and not meta.get("allowed", True):
-                    return {
-                        "jump_to": "end",
-                        "messages": [
-                            AIMessage(
-                                content=message_text(m), response_metadata={METADATA_KEY: meta}
-                            )
-                        ],
-                    }
-        return None
-
-    def _tool_blocked(
-        self, call: dict[str, Any], decision: Decision, conv: list[GuardMessage]
-    ) -> ToolMessage:
-        if self.exit_behavior == "error":
-            raise violation(decision, conv[-1]["content"] if conv else "")
-        return ToolMessage(
+            self._raise(decision, content)
+        message = ToolMessage(
             content=self._text(decision),
             tool_call_id=call.get("id") or "",
             name=call.get("name"),
             status="error",
             response_metadata=self._meta(decision),
         )
+        digest = self.digest_of(message)
+        self._note(self._produced, digest)
+        if self.exit_behavior == "end":
+            self._note(self._ending, digest)
+        return message
 
-    def _tool_results(
-        self, result: Any, targets: list[ToolMessage], decisions: list[Decision]
-    ) -> Any:
-        replacements: dict[int, ToolMessage] = {}
-        for m, decision in zip(targets, decisions):
-            if decision.allowed:
-                continue
-            if self.exit_behavior == "error":
-                raise violation(decision, message_text(m))
-            replacements[id(m)] = cast(
-                ToolMessage,
-                m.model_copy(
-                    update={
-                        "content": self._text(decision),
-                        "artifact": None,
-                        "response_metadata": {**m.response_metadata, **self._meta(decision)},
-                    }
-                ),
+    def _ended_by_tool(self, messages: Sequence[BaseMessage]) -> dict[str, Any] | None:
+        """A tool check with ``exit_behavior="end"`` blocked a call or result of the last
+        step: end before the model. (Known by the middleware's own note, not by a field.)"""
+        for m in reversed(messages):
+            if isinstance(m, AIMessage):
+                return None
+            if isinstance(m, ToolMessage) and self._noted(self._ending, self.digest_of(m)):
+                meta = m.response_metadata.get(METADATA_KEY)
+                return {
+                    "jump_to": "end",
+                    "messages": [
+                        AIMessage(content=m.content, response_metadata={METADATA_KEY: meta})
+                    ],
+                }
+        return None
+
+    def _guarded_request(self, request: ModelRequest[Any]) -> ModelRequest[Any] | None:
+        """The request with its model guarded: moderated while it streams (through the core
+        stream gate of :class:`Qwen3GuardChatModel`), or judged whole before anything of the
+        answer is passed on (``stream_output=False``). ``None`` when the model is a
+        ``Qwen3GuardChatModel`` already (the answer is then judged after the call)."""
+        model = request.model
+        if isinstance(model, Qwen3GuardChatModel) or not (
+            self.check_output or self.check_tool_calls
+        ):
+            return None
+        common: dict[str, Any] = {
+            "llm": model,
+            "guard": self.guard,
+            "policy": self.policy,
+            "check_input": False,
+            "exit_behavior": "error",
+        }
+        guarded: Qwen3GuardChatModel
+        if self.check_output and self.stream_output:
+            guarded = Qwen3GuardChatModel(check_output=True, **common)
+        else:
+            guarded = _JudgedWhole(
+                check_output=False,
+                disable_streaming=True,
+                middleware=self,
+                context=_last_request(request.messages),
+                **common,
             )
-        if not replacements:
-            return result
-        if isinstance(result, ToolMessage):
-            return replacements.get(id(result), result)
-        update = dict(result.update)
-        update["messages"] = [replacements.get(id(m), m) for m in update["messages"]]
-        return type(result)(
-            graph=result.graph, update=update, resume=result.resume, goto=result.goto
-        )
+        return request.override(model=guarded)
 
 
-def _marked(message: BaseMessage) -> bool:
-    return METADATA_KEY in (message.response_metadata or {})
+# -- plans: what to judge, and what to do with the decisions (shared by sync and async) -------------
 
 
-def _mark_checked(response: Any) -> Any:
-    """Record on the answer that it was moderated while streaming (``after_model`` skips it)."""
-    messages = getattr(response, "result", None)
-    if messages is None and isinstance(response, AIMessage):
-        messages = [response]
-    for m in messages or ():
-        if isinstance(m, AIMessage) and METADATA_KEY not in m.response_metadata:
-            m.response_metadata[METADATA_KEY] = {
-                "allowed": True,
-                "surface": "output",
-                "reason": "moderated while streaming",
-            }
-    return response
+def _unreadable(surface: Surface, exc: InvalidInputError) -> Decision:
+    return Decision(False, None, surface, f"cannot be judged: {exc}", error=exc)
 
 
-def _tool_messages(result: Any) -> list[ToolMessage]:
-    if isinstance(result, ToolMessage):
-        return [result]
+def _first_blocked(decisions: Sequence[Decision]) -> int | None:
+    return next((i for i, d in enumerate(decisions) if d.blocked), None)
+
+
+@dataclass
+class _InputPlan:
+    mw: Qwen3GuardMiddleware
+    messages: list[BaseMessage]
+    items: list[Item] = field(default_factory=list)
+    owners: list[list[int]] = field(default_factory=list)
+    contents: list[str] = field(default_factory=list)
+    texts: dict[int, str] = field(default_factory=dict)
+    pre: list[tuple[list[int], Decision]] = field(default_factory=list)
+    known: set[str] = field(default_factory=set)
+    ending: dict[str, Any] | None = None
+
+    def add(self, owners: list[int], item: Item, text: str) -> None:
+        if len(owners) == 1:
+            self.texts[owners[0]] = text
+        self.owners.append(owners)
+        self.items.append(item)
+        self.contents.append(text)
+
+    def finish(self, decisions: list[Decision]) -> dict[str, Any] | None:
+        mw = self.mw
+        if self.ending is not None:
+            return self.ending
+        blocked: dict[int, Decision] = {}
+        joint: list[tuple[list[int], Decision]] = []
+        for owners, decision in [*self.pre, *zip(self.owners, decisions)]:
+            if decision.blocked:
+                if len(owners) == 1:
+                    blocked.setdefault(owners[0], decision)
+                else:
+                    joint.append((owners, decision))
+        if not blocked:  # a request split over messages: none is blocked alone, all together
+            for owners, decision in joint:
+                for idx in owners:
+                    blocked.setdefault(idx, decision)
+        if not blocked:
+            record = [mw.digest_of(m) for m in self.messages]
+            return None if set(record) == self.known else {_STATE_KEY: record}
+        first = min(blocked)
+        if mw.exit_behavior == "error":
+            mw._raise(blocked[first], self.texts.get(first, ""))
+        replaced = list(self.messages)
+        for idx, decision in blocked.items():
+            replaced[idx] = _neutralized(self.messages[idx], mw._text(decision), mw._meta(decision))
+        update: dict[str, Any] = {}
+        if all(self.messages[i].id for i in blocked):
+            update["messages"] = [replaced[i] for i in sorted(blocked)]
+        else:  # pragma: no cover - add_messages gives every message in the state an id
+            update["messages"] = [RemoveMessage(id=REMOVE_ALL_MESSAGES), *replaced]
+        final = replaced
+        if mw.exit_behavior == "end":
+            decision = blocked[first]
+            answer = AIMessage(content=mw._text(decision), response_metadata=mw._meta(decision))
+            update["messages"].append(answer)
+            update["jump_to"] = "end"
+            final = [*replaced, answer]
+        update[_STATE_KEY] = [mw.digest_of(m) for m in final]
+        return update
+
+
+def _neutralized(message: BaseMessage, text: str, meta: dict[str, Any]) -> BaseMessage:
+    """``message`` with the violation message in place of everything it said."""
+    update: dict[str, Any] = {
+        "content": text,
+        "additional_kwargs": {},
+        "response_metadata": {**message.response_metadata, **meta},
+    }
+    if isinstance(message, AIMessage):
+        update.update(tool_calls=[], invalid_tool_calls=[])
+    if isinstance(message, ToolMessage):
+        update["artifact"] = None
+    return message.model_copy(update=update)
+
+
+@dataclass
+class _OutputPlan:
+    mw: Qwen3GuardMiddleware
+    response: Any
+    items: list[Item] = field(default_factory=list)
+    contents: list[str] = field(default_factory=list)
+    pre: list[Decision] = field(default_factory=list)
+
+    @property
+    def model_response(self) -> ModelResponse[Any]:
+        r = self.response
+        if isinstance(r, ExtendedModelResponse):
+            return r.model_response
+        if isinstance(r, AIMessage):
+            return ModelResponse(result=[r])
+        return cast("ModelResponse[Any]", r)
+
+    def add(self, item: Item, text: str) -> None:
+        if item[0]:
+            self.items.append(item)
+            self.contents.append(text)
+
+    def add_entry(self, entry: tuple[Item, str] | Decision) -> None:
+        if isinstance(entry, Decision):
+            self.pre.append(entry)
+        else:
+            self.add(*entry)
+
+    def blocked(self, decisions: list[Decision]) -> tuple[Decision, Any] | None:
+        """The first block and the content it blocks; ``None`` when all is allowed."""
+        mw = self.mw
+        for item, decision in zip(self.items, decisions):
+            if decision.allowed:
+                mw._note(mw._allowed, mw._item_digest(item))
+        if self.pre:
+            return self.pre[0], None
+        if (i := _first_blocked(decisions)) is not None:
+            return decisions[i], self.contents[i]
+        return None
+
+    def finish(self, decisions: list[Decision]) -> Any:
+        if (blocked := self.blocked(decisions)) is not None:
+            return self.mw._answer_blocked(*blocked)
+        return self.response
+
+
+@dataclass
+class _CallPlan:
+    mw: Qwen3GuardMiddleware
+    call: dict[str, Any]
+    items: list[Item] = field(default_factory=list)
+
+    def finish(self, decisions: list[Decision]) -> ToolMessage | None:
+        for item, decision in zip(self.items, decisions):
+            if decision.blocked:
+                return self.mw._tool_blocked(self.call, decision, item[0][-1]["content"])
+        return None
+
+
+@dataclass
+class _ResultPlan:
+    mw: Qwen3GuardMiddleware
+    call: dict[str, Any]
+    result: Any
+    messages: list[BaseMessage] = field(default_factory=list)
+    other: Any = None
+    items: list[Item] = field(default_factory=list)
+    contents: list[str] = field(default_factory=list)
+    pre: list[Decision] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.messages, self.other = _result_parts(self.result)
+
+    def add(self, conversation: Conversation, text: str) -> None:
+        if conversation:
+            self.items.append((conversation, Surface.TOOL_RESULT))
+            self.contents.append(text)
+
+    def finish(self, decisions: list[Decision]) -> ToolMessage | Command[Any]:
+        mw = self.mw
+        if self.pre:
+            return mw._tool_blocked(self.call, self.pre[0], None)
+        if (i := _first_blocked(decisions)) is not None:
+            return mw._tool_blocked(self.call, decisions[i], self.contents[i])
+        for m in self.messages:
+            mw._note(mw._produced, mw.digest_of(m))
+        return cast("ToolMessage | Command[Any]", self.result)
+
+
+def _result_parts(result: Any) -> tuple[list[BaseMessage], Any]:
+    """The messages a tool's result adds to the conversation, and any other content of a
+    ``Command`` update (``None`` when there is none)."""
+    if isinstance(result, BaseMessage):
+        return [result], None
     update = getattr(result, "update", None)
-    if isinstance(update, dict):
-        return [m for m in update.get("messages", []) or () if isinstance(m, ToolMessage)]
+    if update is None:
+        return ([], None) if type(result).__name__ == "Command" else ([], result)
+    pairs = list(update.items()) if isinstance(update, dict) else list(update)
+    messages: list[Any] = []
+    other: dict[str, Any] = {}
+    for key, value in pairs:
+        if key == "messages":
+            messages.extend(value if isinstance(value, (list, tuple)) else [value])
+        else:
+            other[key] = value
+    try:
+        converted = convert_to_messages(messages)
+    except (ValueError, TypeError, NotImplementedError):
+        converted, other["messages"] = [], messages
+    return list(converted), (other or None)
+
+
+def _last_request(messages: Sequence[BaseMessage]) -> Conversation:
+    """The context an answer is judged after: the last user turn the model was given."""
+    for m in reversed(messages):
+        if isinstance(m, (AIMessage, ToolMessage)):
+            continue
+        try:
+            content: MessageContent = message_content(m, non_text="skip")
+        except InvalidInputError:
+            continue
+        if content.role == "user" and content.full_text.strip():
+            return [{"role": "user", "content": content.full_text}]
     return []
+
+
+def _inner_config() -> RunnableConfig:
+    # No callbacks (an empty list, not None, so an enclosing run's are not inherited either):
+    # the wrapped model's raw answer never reaches a streaming client or trace unjudged.
+    return {"callbacks": [], "run_name": "Qwen3GuardInnerLLM"}
+
+
+class _JudgedWhole(Qwen3GuardChatModel):
+    """The agent's model when answers are judged whole (``stream_output=False``): the wrapped
+    model runs outside LangChain's callbacks, its whole answer is judged, and only then is it
+    handed on (``disable_streaming``: a ``stream_mode="messages"`` client receives it in one
+    piece once it is allowed). A blocked answer raises :class:`UnsafeContentError`, which the
+    middleware turns into its exit behaviour."""
+
+    middleware: Any = Field(default=None, exclude=True)
+    context: list[dict[str, str]] = Field(default_factory=list)
+
+    def _plan(self, answer: Any) -> _OutputPlan:
+        if not isinstance(answer, AIMessage):
+            raise TypeError(
+                f"the agent's model answered with {type(answer).__name__}, not an AIMessage"
+            )
+        plan = _OutputPlan(self.middleware, answer)
+        for entry in self.middleware._answer_items(answer, self.context):
+            plan.add_entry(entry)
+        return plan
+
+    @staticmethod
+    def _allowed(plan: _OutputPlan, decisions: list[Decision]) -> ChatResult:
+        if (blocked := plan.blocked(decisions)) is not None:
+            decision, content = blocked
+            raise UnsafeContentError(
+                stage=decision.surface, verdict=decision.verdict, content=content,
+                decision=decision,
+            )
+        return ChatResult(generations=[ChatGeneration(message=plan.response)])
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        plan = self._plan(self.llm.invoke(messages, config=_inner_config(), stop=stop, **kwargs))
+        return self._allowed(plan, self.middleware._screen(plan.items))
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        answer = await self.llm.ainvoke(messages, config=_inner_config(), stop=stop, **kwargs)
+        plan = self._plan(answer)
+        return self._allowed(plan, await self.middleware._ascreen(plan.items))
