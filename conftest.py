@@ -24,8 +24,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = ["tests.remote_fixtures"]
 
-# Fixtures (tests/remote_fixtures.py) that install or start vLLM.
-VLLM_FIXTURES = frozenset({"vllm_python", "vllm_url"})
+# Fixtures that install or start vLLM (tests/remote_fixtures.py, tests/vllm_stream_fixtures.py);
+# a test needs vLLM when one of them is in its fixture closure, however indirectly.
+VLLM_FIXTURES = frozenset(
+    {"vllm_python", "vllm_url", "vllm_stream_python", "vllm_stream", "vllm_stream_url"}
+)
 # Fixtures parametrized over server kinds, and the parameter value that means vLLM.
 VLLM_PARAMS = {"gen_server_url": "vllm"}
 
