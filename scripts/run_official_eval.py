@@ -56,11 +56,11 @@ def _install_shims() -> None:
 
         return load_stream_model(path, dtype=torch.float32)
 
-    transformers.AutoModelForCausalLM.from_pretrained = load_causal
-    transformers.AutoModel.from_pretrained = load_stream
+    setattr(transformers.AutoModelForCausalLM, "from_pretrained", load_causal)
+    setattr(transformers.AutoModel, "from_pretrained", load_stream)
 
 
-class _LabelMap(dict):  # type: ignore[type-arg]
+class _LabelMap(dict[Any, Any]):
     def __getitem__(self, key: Any) -> Any:
         return key if isinstance(key, str) else dict.__getitem__(self, key)
 
