@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ..content import NO_PROMPT as NO_PROMPT_TEXT
 from ..errors import ContextLengthError, GuardUnavailableError, InvalidInputError
 from ..messages import normalize_messages
 from ..verdict import Verdict, worst
@@ -306,7 +307,7 @@ def _as_id_list(ids: Any) -> list[int]:
 
 #: The context a Stream session judges an answer in when no prompt is known. Its own verdict is
 #: never reported: ``prompt_verdict`` is None for such a session.
-NO_PROMPT: tuple[dict[str, str], ...] = ({"role": "user", "content": "(no question was given)"},)
+NO_PROMPT: tuple[dict[str, str], ...] = ({"role": "user", "content": NO_PROMPT_TEXT},)
 
 
 @runtime_checkable
