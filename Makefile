@@ -36,4 +36,5 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check cookbook
 	$(BIN)/mypy
