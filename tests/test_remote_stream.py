@@ -88,6 +88,8 @@ def test_remote_session_matches_local(
     ]
     assert got == want
     assert session.response_text == local.response_text == answer
+    assert [u.settled_offset for u in updates] == [u.settled_offset for u in local_updates]
+    assert session.settled_offset == local.settled_offset
     assert session.flagged == local.flagged
     assert session.tokens_seen == local.tokens_seen
     assert session.closed
@@ -369,3 +371,14 @@ def test_stream_needs_the_api_key(serve_with_key_url: str) -> None:
         for c in chunks(UNSAFE_ANSWER):
             session.feed_text(c)
     assert session.flagged
+
+
+def test_settled_offset_travels_and_its_absence_reads_as_nothing_settled() -> None:
+    from qwen3guard.stream.types import StreamUpdate
+    from qwen3guard.stream.wire import update_from_wire, update_to_wire
+
+    wire = update_to_wire(StreamUpdate(tokens_seen=5, settled_offset=17))
+    assert wire["settled_offset"] == 17
+    assert update_from_wire(wire).settled_offset == 17
+    del wire["settled_offset"]  # a server from before the field
+    assert update_from_wire(wire).settled_offset == 0
