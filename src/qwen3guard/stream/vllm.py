@@ -116,7 +116,6 @@ class VLLMStreamBackend:
     _encode_prompt = LocalStreamBackend._encode_prompt
     query_verdict = LocalStreamBackend.query_verdict
     token_verdicts = LocalStreamBackend.token_verdicts
-    _token_id = LocalStreamBackend._token_id
     _session_opened = LocalStreamBackend._session_opened
     _session_released = LocalStreamBackend._session_released
     active_sessions = LocalStreamBackend.active_sessions
@@ -209,6 +208,12 @@ class VLLMStreamBackend:
         self._http.close()
 
     # -- used by sessions ----------------------------------------------------------------
+
+    def _token_id(self, token: str) -> int | None:
+        tid = self.tokenizer.convert_tokens_to_ids(token)
+        if not isinstance(tid, int) or tid == self.tokenizer.unk_token_id:
+            return None
+        return tid
 
     def crop(self, cache: Any, length: int) -> Any:
         """The prefix cut back to ``length`` ids (a rollback)."""
