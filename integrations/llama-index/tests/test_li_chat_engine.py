@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from li_testkit import CLEAN_DOCS, POISON, SAFE_ANSWER, UNSAFE_ANSWER, ScriptedLLM, build_index
-from llama_index.core.base.llms.types import ChatMessage, MessageRole
+from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole, TextBlock
 from llama_index.core.chat_engine import CondensePlusContextChatEngine
 from llama_index.postprocessor.qwen3guard import (
     DEFAULT_REFUSAL_MESSAGE,
@@ -138,3 +138,14 @@ def test_safe_chat_passes_unchanged(index, guard):
     assert str(engine.chat("Where is the Eiffel Tower?")) == SAFE_ANSWER
     assert "".join(engine.stream_chat("And when was it built?").response_gen) == SAFE_ANSWER
     assert [m.role for m in engine.chat_history] == ["user", "assistant"] * 2
+
+
+def test_history_content_a_text_guard_cannot_read_is_refused(index, gen_guard):
+    llm = ScriptedLLM()
+    engine = _guarded(index, gen_guard, llm)
+    image = ImageBlock(image=b"\x89PNG\r\n\x1a\n", image_mimetype="image/png")
+    history = [ChatMessage(role=MessageRole.USER, blocks=[TextBlock(text="Look:"), image])]
+    with pytest.raises(Qwen3GuardViolation) as info:
+        engine.chat("What is in the picture?", chat_history=history)
+    assert isinstance(info.value.decision.error, ValueError)
+    assert "image" in str(info.value.decision.error) and llm.prompts == []

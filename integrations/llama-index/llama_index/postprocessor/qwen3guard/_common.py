@@ -1,11 +1,11 @@
-"""Shared helpers: resolve the guard, check options, and turn LlamaIndex content into the guard's
-plain messages. Deciding, failing closed and the metadata shape are the core's
+"""Shared helpers: resolve the guard, check options, and turn LlamaIndex messages and content
+blocks into the core's shapes. Deciding, failing closed and the metadata shape are the core's
 (:meth:`qwen3guard.Qwen3Guard.screen`, :func:`qwen3guard.guard.could_not_judge`,
-:meth:`qwen3guard.Decision.to_dict`); nothing here re-implements them."""
+:meth:`qwen3guard.Decision.to_dict`); what a message contains is read by the core's one rule
+(:mod:`qwen3guard.content`): nothing here re-implements them."""
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -18,18 +18,25 @@ from qwen3guard import (
     Qwen3Guard,
     get_default_guard,
 )
-from qwen3guard.stream.session import NO_PROMPT as _CORE_NO_PROMPT
+from qwen3guard.content import (
+    NO_PROMPT,
+    MessageContent,
+    NonText,
+    answer_conversation,
+    read_content,
+    read_message,
+)
 
 log = logging.getLogger("llama_index.postprocessor.qwen3guard")
 
 ExitBehavior = Literal["error", "replace"]
 Messages = list[dict[str, str]]
 
-#: The prompt an answer is judged against when no question is known (the core's placeholder).
-NO_PROMPT: tuple[dict[str, str], ...] = _CORE_NO_PROMPT
-
 #: The former name of :data:`qwen3guard.DEFAULT_REFUSAL_MESSAGE` (the same string).
 DEFAULT_VIOLATION_MESSAGE = DEFAULT_REFUSAL_MESSAGE
+
+# LlamaIndex roles the core does not spell that way.
+_ROLES = {"chatbot": "assistant", "model": "assistant"}
 
 
 def resolve_guard(guard: Qwen3Guard | None) -> Qwen3Guard:
@@ -81,70 +88,90 @@ def user_turn(text: str) -> Messages:
 
 
 def response_turns(prompt: str | Messages | None, response: str) -> Messages:
-    """An answer after its prompt (the question, or the messages before it)."""
+    """An answer after its prompt (the question, or the messages before it; with neither, the
+    core's :data:`~qwen3guard.content.NO_PROMPT` question)."""
     if prompt is None:
-        before: Messages = [dict(m) for m in NO_PROMPT]
+        context: Messages = []
     elif isinstance(prompt, str):
-        before = user_turn(prompt)
+        context = user_turn(prompt) if prompt.strip() else []
     else:
-        before = list(prompt)
-    return [*before, {"role": "assistant", "content": response}]
+        context = list(prompt)
+    return answer_conversation(context, response)
 
 
-def to_json(value: Any) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def block_texts(blocks: Sequence[Any]) -> tuple[list[str], list[str]]:
-    """The text of LlamaIndex content blocks, nested ones included, and the kinds of the blocks
-    whose content no text guard can read (images, audio, video, binary documents)."""
-    texts: list[str] = []
-    unreadable: list[str] = []
+def core_blocks(blocks: Sequence[Any]) -> list[Any]:
+    """LlamaIndex content blocks in the core's block shapes (:mod:`qwen3guard.content`), so the
+    core decides what is text: citable and citation blocks are read through (their title and
+    their content), a plain-text document as its text, a cache marker not at all; an image,
+    audio, video or binary document stays a block the core says it cannot judge, and a block
+    type nobody knows is passed on by its name (the core refuses it by name)."""
+    out: list[Any] = []
     for block in blocks:
-        kind = getattr(block, "block_type", type(block).__name__)
-        if isinstance(block, str):
-            texts.append(block)
-        elif kind == "text":
-            texts.append(getattr(block, "text", "") or "")
+        if isinstance(block, (str, Mapping)):
+            out.append(block)
+            continue
+        kind = getattr(block, "block_type", None) or type(block).__name__
+        if kind == "text":
+            out.append({"type": "text", "text": getattr(block, "text", "")})
         elif kind == "thinking":
-            texts.append(getattr(block, "content", None) or "")
+            out.append({"type": "thinking", "thinking": getattr(block, "content", None) or ""})
         elif kind == "tool_call":
-            kwargs = getattr(block, "tool_kwargs", None)
-            texts.append(kwargs if isinstance(kwargs, str) else to_json(kwargs))
+            out.append({
+                "type": "tool_call",
+                "name": getattr(block, "tool_name", None),
+                "args": getattr(block, "tool_kwargs", None),
+                "id": getattr(block, "tool_call_id", None),
+            })
         elif kind == "citable":
-            texts.append(getattr(block, "title", "") or "")
-            inner, bad = block_texts(getattr(block, "content", None) or [])
-            texts += inner
-            unreadable += bad
+            out.append({"type": "text", "text": getattr(block, "title", "") or ""})
+            out += core_blocks(getattr(block, "content", None) or [])
         elif kind == "citation":
-            texts.append(getattr(block, "title", "") or "")
-            inner, bad = block_texts([getattr(block, "cited_content", None)] if
-                                     getattr(block, "cited_content", None) is not None else [])
-            texts += inner
-            unreadable += bad
+            out.append({"type": "text", "text": getattr(block, "title", "") or ""})
+            cited = getattr(block, "cited_content", None)
+            out += core_blocks([cited] if cited is not None else [])
         elif kind == "document":
             text = _document_text(block)
-            if text is None:
-                unreadable.append(kind)
-            else:
-                texts.append(text)
+            out.append({"type": "text", "text": text} if text is not None else {"type": kind})
         elif kind == "cache":
             continue  # a cache marker carries no content
         else:
-            unreadable.append(str(kind))
-    return [t for t in texts if t], unreadable
+            out.append({"type": str(kind)})
+    return out
+
+
+def read_blocks(blocks: Sequence[Any], *, role: str = "tool", non_text: NonText = "error"
+                ) -> MessageContent:
+    """Every text of LlamaIndex content blocks (raises InvalidInputError for what cannot be
+    judged, unless ``non_text="skip"``)."""
+    return read_content(core_blocks(blocks), role=role, non_text=non_text)
+
+
+def read_chat_message(message: Any, *, non_text: NonText = "error") -> MessageContent:
+    """Every text of a LlamaIndex ``ChatMessage`` (or a plain mapping): its blocks, and the
+    fields of ``additional_kwargs`` that carry text (tool calls, reasoning)."""
+    if isinstance(message, Mapping):
+        return read_message(message, non_text=non_text)
+    role = getattr(message, "role", None)
+    role = getattr(role, "value", role)
+    blocks = getattr(message, "blocks", None)
+    content = core_blocks(blocks) if blocks is not None else getattr(message, "content", None)
+    return read_message(
+        {
+            "role": _ROLES.get(str(role), role),
+            "content": content,
+            "additional_kwargs": getattr(message, "additional_kwargs", None) or {},
+        },
+        non_text=non_text,
+    )
 
 
 def _document_text(block: Any) -> str | None:
     """A document block's text when it is plain text (else None: it cannot be judged)."""
     mimetype = (getattr(block, "document_mimetype", None) or "").lower()
-    if not (mimetype.startswith("text/") or mimetype in ("application/json", "")):
+    if not (mimetype.startswith("text/") or mimetype == "application/json"):
         return None
     try:
-        data = block.resolve_document().read() if hasattr(block, "resolve_document") else None
+        data = block.resolve_document().read()
     except Exception:  # noqa: BLE001 - unreadable data is judged as unreadable
         return None
     if not isinstance(data, (bytes, bytearray)):
@@ -158,30 +185,14 @@ def _document_text(block: Any) -> str | None:
 
 
 def chat_messages_to_dicts(messages: Sequence[Any]) -> Messages:
-    """LlamaIndex ``ChatMessage`` objects (or dicts) as the guard's plain messages.
-
-    Everything the LLM reads is kept: text blocks, thinking, tool calls an assistant turn made
-    (as their JSON arguments) and nested citable content. Messages without any text are skipped;
-    roles the guard does not know are read as user turns (content is data).
-    """
+    """LlamaIndex ``ChatMessage`` objects (or dicts) as the guard's plain messages, for use as
+    context: every text the LLM reads (tool calls written out); blocks a text guard cannot
+    read are left out, and messages with no text are skipped."""
     out: Messages = []
     for m in messages:
-        if isinstance(m, Mapping):
-            role, content, blocks = m.get("role"), m.get("content"), None
-        else:
-            role, blocks = getattr(m, "role", None), getattr(m, "blocks", None)
-            content = None if blocks is not None else getattr(m, "content", None)
-        role = getattr(role, "value", role)
-        parts: list[str] = []
-        if isinstance(content, str):
-            parts.append(content)
-        if blocks:
-            parts += block_texts(blocks)[0]
-        text = "\n".join(p for p in parts if p)
-        if not text.strip():
-            continue
-        role = role if role in ("system", "user", "assistant", "tool") else "user"
-        out.append({"role": role, "content": text})
+        content = read_chat_message(m, non_text="skip")
+        if content.full_text.strip():
+            out.append({"role": content.role, "content": content.full_text})
     return out
 
 
@@ -192,13 +203,14 @@ __all__ = [
     "NO_PROMPT",
     "ExitBehavior",
     "Messages",
-    "block_texts",
     "chat_messages_to_dicts",
+    "core_blocks",
     "check_exit_behavior",
     "check_hold_back",
     "decision_meta",
     "resolve_guard",
+    "read_blocks",
+    "read_chat_message",
     "response_turns",
-    "to_json",
     "user_turn",
 ]

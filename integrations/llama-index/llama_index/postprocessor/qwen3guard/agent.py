@@ -35,7 +35,7 @@ from ._common import (
     response_turns,
 )
 from ._stream import Moderation
-from .tools import arguments_messages, output_messages, render_arguments
+from .tools import arguments_messages, output_messages
 
 Item = tuple[Messages, Surface]
 
@@ -284,7 +284,7 @@ class _AgentRun:
                 continue
             if tool_id:
                 self.judged_calls.add(tool_id)
-            msgs = arguments_messages(_call_arguments(call))
+            msgs = arguments_messages(getattr(call, "tool_name", None), _call_arguments(call))
             if msgs is not None:
                 items.append((msgs, Surface.TOOL_CALL))
         return items
@@ -296,15 +296,18 @@ class _AgentRun:
         return next((d for d in decisions if d.blocked), decisions[0])
 
 
-def _call_arguments(call: Any) -> str:
-    kwargs = getattr(call, "tool_kwargs", None)
-    if isinstance(kwargs, str):
-        return kwargs
-    return render_arguments((), dict(kwargs or {}))
+def _call_arguments(call: Any) -> Any:
+    """A tool call's arguments (``ToolSelection`` / ``ToolCall`` event: ``tool_kwargs``)."""
+    return getattr(call, "tool_kwargs", None)
 
 
 def _calls_text(calls: Sequence[Any]) -> str:
-    return "\n".join(_call_arguments(c) for c in calls)
+    return "\n".join(
+        (arguments_messages(getattr(c, "tool_name", None), _call_arguments(c)) or [{}])[0].get(
+            "content", ""
+        )
+        for c in calls
+    )
 
 
 def _content_of(ev: Any) -> Any:

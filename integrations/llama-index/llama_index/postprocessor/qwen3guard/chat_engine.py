@@ -14,7 +14,16 @@ from llama_index.core.chat_engine.types import (
     StreamingAgentChatResponse,
 )
 
-from qwen3guard import DEFAULT_REFUSAL_MESSAGE, METADATA_KEY, Decision, Policy, Qwen3Guard, Surface
+from qwen3guard import (
+    DEFAULT_REFUSAL_MESSAGE,
+    METADATA_KEY,
+    Decision,
+    InvalidInputError,
+    Policy,
+    Qwen3Guard,
+    Surface,
+)
+from qwen3guard.content import items_to_judge
 from qwen3guard.guard import raise_if_blocked
 
 from ._common import (
@@ -22,6 +31,7 @@ from ._common import (
     Messages,
     chat_messages_to_dicts,
     check_exit_behavior,
+    read_chat_message,
     resolve_guard,
     response_turns,
     user_turn,
@@ -93,10 +103,11 @@ class Qwen3GuardChatEngine(BaseChatEngine):
     def chat(
         self, message: str, chat_history: list[ChatMessage] | None = None
     ) -> AGENT_CHAT_RESPONSE_TYPE:
-        if items := self._input_items(message, chat_history):
+        items, blocked = self._input_items(message, chat_history)
+        if blocked is None and items:
             blocked = self._blocked_input(self.guard.screen_batch(items, policy=self.policy))
-            if blocked is not None:
-                return self._refused(blocked, message, AgentChatResponse)
+        if blocked is not None:
+            return self._refused(blocked, message, AgentChatResponse)
         response = self._engine.chat(message, chat_history)
         if isinstance(response, StreamingAgentChatResponse):
             return self._stream(response, message)
@@ -108,10 +119,12 @@ class Qwen3GuardChatEngine(BaseChatEngine):
     async def achat(
         self, message: str, chat_history: list[ChatMessage] | None = None
     ) -> AGENT_CHAT_RESPONSE_TYPE:
-        if items := self._input_items(message, chat_history):
+        items, blocked = self._input_items(message, chat_history)
+        if blocked is None and items:
             decisions = await self.guard.ascreen_batch(items, policy=self.policy)
-            if (blocked := self._blocked_input(decisions)) is not None:
-                return self._refused(blocked, message, AgentChatResponse)
+            blocked = self._blocked_input(decisions)
+        if blocked is not None:
+            return self._refused(blocked, message, AgentChatResponse)
         response = await self._engine.achat(message, chat_history)
         if isinstance(response, StreamingAgentChatResponse):
             return self._stream(response, message)
@@ -123,33 +136,46 @@ class Qwen3GuardChatEngine(BaseChatEngine):
     def stream_chat(
         self, message: str, chat_history: list[ChatMessage] | None = None
     ) -> StreamingAgentChatResponse:
-        if items := self._input_items(message, chat_history):
+        items, blocked = self._input_items(message, chat_history)
+        if blocked is None and items:
             blocked = self._blocked_input(self.guard.screen_batch(items, policy=self.policy))
-            if blocked is not None:
-                return self._refused(blocked, message, _RefusedStream)
+        if blocked is not None:
+            return self._refused(blocked, message, _RefusedStream)
         return self._stream(self._engine.stream_chat(message, chat_history), message)
 
     async def astream_chat(
         self, message: str, chat_history: list[ChatMessage] | None = None
     ) -> StreamingAgentChatResponse:
-        if items := self._input_items(message, chat_history):
+        items, blocked = self._input_items(message, chat_history)
+        if blocked is None and items:
             decisions = await self.guard.ascreen_batch(items, policy=self.policy)
-            if (blocked := self._blocked_input(decisions)) is not None:
-                return self._refused(blocked, message, _RefusedStream)
+            blocked = self._blocked_input(decisions)
+        if blocked is not None:
+            return self._refused(blocked, message, _RefusedStream)
         return self._stream(await self._engine.astream_chat(message, chat_history), message)
 
     # -- what is judged -----------------------------------------------------------------------
 
-    def _input_items(self, message: str, chat_history: Sequence[Any] | None) -> list[Item]:
+    def _input_items(
+        self, message: str, chat_history: Sequence[Any] | None
+    ) -> tuple[list[Item], Decision | None]:
+        """What to judge before the engine runs: each text of each given history message on
+        its own (the core's :func:`~qwen3guard.content.items_to_judge`), then the new message
+        after the history; or, for a history message that cannot be judged (a block no text
+        guard can read, text that cannot be encoded), the block that refuses it."""
         if not self.check_input:
-            return []
-        history = chat_messages_to_dicts(chat_history or [])
-        items: list[Item] = [(user_turn(m["content"]), Surface.INPUT) for m in history]
+            return [], None
+        items: list[Item] = []
+        for m in chat_history or []:
+            try:
+                items += items_to_judge(read_chat_message(m))
+            except InvalidInputError as exc:
+                return [], Decision(False, None, Surface.INPUT, f"cannot be judged: {exc}",
+                                    error=exc)
         if message and message.strip():
-            context = [{"role": "user" if m["role"] != "assistant" else "assistant",
-                        "content": m["content"]} for m in history]
+            context = chat_messages_to_dicts(chat_history or [])
             items.append(([*context, *user_turn(message)], Surface.INPUT))
-        return items
+        return items, None
 
     def _answer_messages(self, message: str, text: str | None) -> Messages | None:
         if not self.check_response or not text or not text.strip():

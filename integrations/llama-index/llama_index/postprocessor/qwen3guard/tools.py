@@ -24,16 +24,10 @@ from qwen3guard import (
     Qwen3Guard,
     Surface,
 )
+from qwen3guard.content import tool_call_conversation, tool_result_conversation
 from qwen3guard.guard import raise_if_blocked
 
-from ._common import (
-    ExitBehavior,
-    Messages,
-    block_texts,
-    check_exit_behavior,
-    resolve_guard,
-    to_json,
-)
+from ._common import ExitBehavior, Messages, check_exit_behavior, read_blocks, resolve_guard
 
 
 class _ToolGuard:
@@ -81,7 +75,8 @@ class _ToolGuard:
         if not self.check_arguments:
             return None
         skip = getattr(self._inner, "ctx_param_name", None)
-        return arguments_messages(render_arguments(args, kwargs, skip=skip))
+        arguments = tool_arguments(args, kwargs, skip=skip)
+        return arguments_messages(self._inner.metadata.name, arguments)
 
     def _output(self, output: ToolOutput) -> Messages | Decision | None:
         return output_messages(output) if self.check_output else None
@@ -256,39 +251,35 @@ def guard_tool(
     return GuardedTool(tool, guard, **kw)
 
 
-def render_arguments(
+def tool_arguments(
     args: tuple[Any, ...], kwargs: dict[str, Any], *, skip: str | None = None
-) -> str:
-    """The text of a tool call's arguments, as judged: one ``name: value`` line each (a lone
-    string argument alone). Workflow ``Context`` objects are not content and are left out."""
-    values: list[tuple[str | None, Any]] = [(None, a) for a in args]
-    values += [(k, v) for k, v in kwargs.items() if k != skip and not _is_context(v)]
-    if len(values) == 1 and isinstance(values[0][1], str):
-        return values[0][1]
-    lines = []
-    for name, value in values:
-        text = value if isinstance(value, str) else to_json(value)
-        lines.append(text if name is None else f"{name}: {text}")
-    return "\n".join(lines)
+) -> Any:
+    """A tool call's arguments as the LLM gave them: the keyword arguments (a lone positional
+    argument on its own). Workflow ``Context`` objects are not content and are left out."""
+    pos = [a for a in args if not _is_context(a)]
+    kw = {k: v for k, v in kwargs.items() if k != skip and not _is_context(v)}
+    if pos and not kw:
+        return pos[0] if len(pos) == 1 else pos
+    return {"args": pos, **kw} if pos else kw
 
 
-def arguments_messages(text: str) -> Messages | None:
-    """A tool call's rendered arguments as the guard's conversation (None: nothing to judge)."""
-    return [{"role": "user", "content": text}] if text.strip() else None
+def arguments_messages(name: str | None, arguments: Any) -> Messages | None:
+    """How a tool call is judged (the core's :func:`~qwen3guard.content.tool_call_conversation`:
+    ``name(arguments)`` as a request); None when there is nothing to judge."""
+    return tool_call_conversation(name, arguments) or None
 
 
 def output_messages(output: ToolOutput) -> Messages | Decision | None:
-    """What the LLM will read of a tool's output, as the guard's conversation; a blocked
-    decision when part of it cannot be judged as text; None when it carries no content."""
-    texts, unreadable = block_texts(output.blocks)
-    if unreadable:
-        exc = InvalidInputError(
-            f"the output of tool {output.tool_name!r} has content a text guard cannot read "
-            f"({', '.join(sorted(set(unreadable)))} blocks)"
-        )
-        return Decision(False, None, Surface.TOOL_RESULT, f"cannot be judged: {exc}", error=exc)
-    text = "\n".join(texts)
-    return [{"role": "tool", "content": text}] if text.strip() else None
+    """What the LLM will read of a tool's output (every block, read by the core's rule) as the
+    guard's conversation; a blocked decision when part of it cannot be judged as text; None
+    when it carries no content."""
+    try:
+        text = read_blocks(output.blocks, role="tool").full_text
+    except InvalidInputError as exc:
+        error = InvalidInputError(f"the output of tool {output.tool_name!r}: {exc}")
+        return Decision(False, None, Surface.TOOL_RESULT, f"cannot be judged: {error}",
+                        error=error)
+    return tool_result_conversation(text) or None
 
 
 def _is_context(value: Any) -> bool:
