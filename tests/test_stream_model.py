@@ -205,3 +205,28 @@ def test_guard_config_without_maps_still_loads(tmp_path: Path, saved) -> None:
     loaded = load_stream_model(path)
     _same_weights(model, loaded)
     assert list(label_maps(loaded.config)["query_category"]) == QUERY_CATS
+
+
+def test_one_labels_module() -> None:
+    """The label orders live in qwen3guard.stream.labels (torch-free); the model module
+    re-exports them, and resolve_labels gives the typed labels of a config or a config dict."""
+    import subprocess
+    import sys
+
+    from qwen3guard import Category, RiskLevel
+    from qwen3guard.stream import labels, modeling
+
+    assert modeling.label_maps is labels.label_maps
+    assert labels.RISK_LEVELS == tuple(RISKS)
+    assert labels.QUERY_CATEGORIES == tuple(QUERY_CATS)
+    assert labels.RESPONSE_CATEGORY_ORDER[0] is Category.VIOLENT
+    got = labels.resolve_labels(_official_config())
+    assert got.risk == (RiskLevel.SAFE, RiskLevel.UNSAFE, RiskLevel.CONTROVERSIAL)
+    assert got.query_category[-1] is Category.JAILBREAK
+    assert labels.resolve_labels({}) == labels.Labels(
+        labels.RISK_ORDER, labels.RESPONSE_CATEGORY_ORDER, labels.RISK_ORDER,
+        labels.QUERY_CATEGORY_ORDER,
+    )
+    code = "import sys, qwen3guard.stream.labels; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -332,3 +332,34 @@ def test_rebuild_gives_identical_weights(tiny: Path, tmp_path: Path) -> None:
         assert _tensor_hash(tmp_path / "again" / kind) == _tensor_hash(tiny / kind), kind
         assert ((tmp_path / "again" / kind / "tokenizer.json").read_bytes()
                 == (tiny / kind / "tokenizer.json").read_bytes())
+
+
+def test_importing_tiny_does_not_import_posix_only_fcntl() -> None:
+    """Issue 11: fcntl (POSIX-only) is imported where the build lock is taken, not at module
+    level (the standard library's subprocess imports it on POSIX anyway, so the check reads the
+    module's top-level statements)."""
+    import ast
+    from pathlib import Path
+
+    import qwen3guard.tiny as tiny
+
+    tree = ast.parse(Path(tiny.__file__).read_text(encoding="utf-8"))
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = {a.name for n in top for a in n.names} | {
+        n.module for n in top if isinstance(n, ast.ImportFrom) and n.module
+    }
+    assert not names & {"fcntl", "msvcrt"}
+
+
+def test_built_configs_read_the_same_under_transformers_4_and_5(stream, gen_path: str) -> None:  # noqa: ANN001
+    """rope_theta beside rope_parameters (transformers 4.x reads only the first), and the
+    tokenizers name their inputs (no token_type_ids under 4.x)."""
+    import json
+    from pathlib import Path
+
+    for d in (Path(gen_path), Path(gen_path).parent / "stream"):
+        cfg = json.loads((d / "config.json").read_text())
+        assert cfg["rope_theta"] == cfg["rope_parameters"]["rope_theta"] == 1_000_000.0
+        assert cfg["rope_scaling"] is None
+        tok = json.loads((d / "tokenizer_config.json").read_text())
+        assert tok["model_input_names"] == ["input_ids", "attention_mask"]
