@@ -217,8 +217,8 @@ def test_one_labels_module() -> None:
     from qwen3guard.stream import labels, modeling
 
     assert modeling.label_maps is labels.label_maps
-    assert labels.RISK_LEVELS == tuple(RISKS)
-    assert labels.QUERY_CATEGORIES == tuple(QUERY_CATS)
+    assert tuple(RISKS) == labels.RISK_LEVELS
+    assert tuple(QUERY_CATS) == labels.QUERY_CATEGORIES
     assert labels.RESPONSE_CATEGORY_ORDER[0] is Category.VIOLENT
     got = labels.resolve_labels(_official_config())
     assert got.risk == (RiskLevel.SAFE, RiskLevel.UNSAFE, RiskLevel.CONTROVERSIAL)
