@@ -139,9 +139,12 @@ async def test_client_cannot_write_the_record(guard, is_async):
     # 2. replacing an already judged message (same id) with new content is new input
     with pytest.raises(Qwen3GuardViolation):
         await call(agent, {"messages": [HumanMessage(UNSAFE_QUESTION, id="m1")]}, is_async, cfg)
-    # 3. even written into the state by the operator (update_state), the record is keyed:
-    #    a digest cannot be made for content without the middleware's key
-    agent.update_state(cfg, {mw.STATE_KEY: ["0" * 64, *record]})
+    # 3. even written into the state by other means (update_state), the record is keyed: a
+    #    digest of the content made without the middleware's key (here with another's) vouches
+    #    for nothing
+    forged = Qwen3GuardMiddleware(guard).digest_of(HumanMessage(UNSAFE_QUESTION))
+    assert forged != mw.digest_of(HumanMessage(UNSAFE_QUESTION))
+    agent.update_state(cfg, {mw.STATE_KEY: [forged, *record]})
     with pytest.raises(Qwen3GuardViolation):
         await call(agent, {"messages": [HumanMessage(UNSAFE_QUESTION)]}, is_async, cfg)
     assert len(model.calls) == 1
