@@ -152,13 +152,14 @@ async def test_unsafe_stream_stops_before_the_flagged_span_async(index, guard):
 
 
 def test_hold_back_names(index, guard):
-    # hold_back_chunks shipped in the README: accepted, deprecated, ignored.
-    with pytest.warns(DeprecationWarning, match="hold_back_chunks"):
-        engine, _, _ = _setup(index, guard, streaming=True, hold_back_chunks=3)
-    assert engine.hold_back_tokens == 0
-    assert "".join(engine.query(SAFE_QUERY).response_gen) == SAFE_ANSWER
+    # hold_back_chunks shipped in the README, hold_back_tokens is the LangChain name: both
+    # are accepted, deprecated, without effect (the core gate decides what is held back).
+    for name in ("hold_back_chunks", "hold_back_tokens"):
+        with pytest.warns(DeprecationWarning, match=name):
+            engine, _, _ = _setup(index, guard, streaming=True, **{name: 3})
+        assert "".join(engine.query(SAFE_QUERY).response_gen) == SAFE_ANSWER
     with pytest.raises(ValueError, match="hold_back_tokens"):
-        _setup(index, guard, streaming=True, hold_back_tokens=2)
+        _setup(index, guard, streaming=True, hold_back_tokens=-1)
 
 
 def test_unsafe_stream_replaced(index, guard):

@@ -50,30 +50,21 @@ def check_exit_behavior(value: str) -> ExitBehavior:
     return "error" if value == "error" else "replace"
 
 
-def check_hold_back(
-    hold_back_tokens: int, old_name: str | None = None, old_value: int | None = None
-) -> int:
-    """Validate ``hold_back_tokens`` (and a deprecated former name, which is accepted with a
-    warning and ignored). The core gate releases a chunk only once its text is settled, so no
-    extra hold-back is needed, and more is not supported."""
-    if old_value is not None:
-        if isinstance(old_value, bool) or not isinstance(old_value, int) or old_value < 0:
-            raise ValueError(f"{old_name} must be an int >= 0, not {old_value!r}")
+def check_hold_back(**given: int | None) -> None:
+    """``hold_back_tokens`` (the name the LangChain integration uses too) and its former names:
+    deprecated, with no effect. The core gate releases a chunk only once its text is settled,
+    so it decides what is held back; a value passed warns."""
+    for name, value in given.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, not {value!r}")
         warnings.warn(
-            f"{old_name} is deprecated and ignored: streamed text is released once the guard "
-            "has settled it (use hold_back_tokens)",
+            f"{name} is deprecated and has no effect: only text the guard has settled is "
+            "passed on (qwen3guard.StreamGate)",
             DeprecationWarning,
             stacklevel=3,
         )
-        return 0
-    if isinstance(hold_back_tokens, bool) or not isinstance(hold_back_tokens, int):
-        raise ValueError(f"hold_back_tokens must be an int >= 0, not {hold_back_tokens!r}")
-    if hold_back_tokens != 0:
-        raise ValueError(
-            "hold_back_tokens > 0 is not supported: streamed text is released only once the "
-            "guard has settled it, so no part of a flagged span is ever shown"
-        )
-    return hold_back_tokens
 
 
 def decision_meta(decision: Decision | None, **extra: Any) -> dict[str, Any]:

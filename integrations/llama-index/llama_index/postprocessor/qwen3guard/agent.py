@@ -46,7 +46,7 @@ async def moderate_agent_stream(
     *,
     policy: Policy | None = None,
     check_tools: bool = True,
-    hold_back_tokens: int = 0,
+    hold_back_tokens: int | None = None,
     cancel_timeout: float = 5.0,
 ) -> AsyncIterator[Event]:
     """Stream a workflow run's events, judging everything the LLM emits before the reader sees it.
@@ -67,8 +67,8 @@ async def moderate_agent_stream(
     When something is blocked, ``await handler.cancel_run()`` stops the run and
     :class:`~qwen3guard.Qwen3GuardViolation` is raised (its ``decision`` says why); do not use
     the handler's result after it. ``check_tools=False`` leaves tool calls and results to
-    :func:`guard_tool`. ``hold_back_tokens`` must be 0 (the gate holds back exactly
-    the text that is not settled).
+    :func:`guard_tool`. ``hold_back_tokens`` is deprecated and has no effect (the gate
+    holds back exactly the text that is not settled).
 
     The workflow runs ahead of its event consumer, so a tool may already have run when its
     call is judged here: to keep unsafe tool input or output away from the tool and the LLM,
@@ -80,7 +80,7 @@ async def moderate_agent_stream(
                 print(ev.delta, end="")
         response = await handler
     """
-    check_hold_back(hold_back_tokens)
+    check_hold_back(hold_back_tokens=hold_back_tokens)
     run = _AgentRun(resolve_guard(guard), policy, check_tools)
     stream = handler.stream_events()
     try:

@@ -52,9 +52,9 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
     and why (:meth:`qwen3guard.Decision.to_dict`). A safe complete answer is returned unchanged.
     ``policy`` overrides the guard's policy for this engine.
 
-    ``hold_back_tokens`` (the name the LangChain integration uses) must be 0: the gate holds
-    back exactly the text that is not settled, and no more is needed. ``hold_back_chunks``
-    (its former name) is accepted with a ``DeprecationWarning`` and ignored.
+    ``hold_back_tokens`` (the LangChain integration's name) and ``hold_back_chunks`` (its
+    former name here) are deprecated and have no effect: the gate holds back exactly the text
+    that is not settled.
     """
 
     def __init__(
@@ -67,7 +67,7 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
         check_response: bool = True,
         exit_behavior: ExitBehavior = "error",
         violation_message: str = DEFAULT_REFUSAL_MESSAGE,
-        hold_back_tokens: int = 0,
+        hold_back_tokens: int | None = None,
         hold_back_chunks: int | None = None,
         callback_manager: CallbackManager | None = None,
     ) -> None:
@@ -78,9 +78,7 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
         self.check_response = check_response
         self.exit_behavior: ExitBehavior = check_exit_behavior(exit_behavior)
         self.violation_message = violation_message
-        self.hold_back_tokens = check_hold_back(
-            hold_back_tokens, "hold_back_chunks", hold_back_chunks
-        )
+        check_hold_back(hold_back_tokens=hold_back_tokens, hold_back_chunks=hold_back_chunks)
         super().__init__(callback_manager=callback_manager or query_engine.callback_manager)
 
     @classmethod
