@@ -209,7 +209,7 @@ def gen_phase(gen_dir: str, batches: list[int], new_tokens: int, bf16: bool) -> 
     out["prompt_tokens"] = prompt_len
     for b in batches:
         cs = convs(b)
-        repeats = 2 if b <= 8 else 1
+        repeats = 2 if b == 1 else 1
         lib_t, bare_t = [], []
         generated = bare(cs[:1]) if b == batches[0] else new_tokens  # warm-up
         for r in range(repeats):
