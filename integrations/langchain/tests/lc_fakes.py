@@ -3,7 +3,9 @@
 ``ScriptedChatModel`` is a real ``BaseChatModel``: it answers from a script (text and/or tool
 calls), streams its text word by word (like ``GenericFakeChatModel``) followed by its tool
 calls as tool-call chunks, supports ``bind_tools`` and records every conversation it was
-called with, so tests can check what the model saw.
+called with, so tests can check what the model saw. For each stream it also records how many
+chunks it produced (``produced``) and whether the stream was closed before its end
+(``closed``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class ScriptedChatModel(BaseChatModel):
     delay: float = 0.0  # seconds per streamed chunk
     _calls: list[list[BaseMessage]] = PrivateAttr(default_factory=list)
     _pos: list[int] = PrivateAttr(default_factory=lambda: [0])
+    _produced: list[int] = PrivateAttr(default_factory=list)
+    _closed: list[bool] = PrivateAttr(default_factory=list)
     bound_tools: list[Any] = Field(default_factory=list)
 
     @property
@@ -60,6 +64,21 @@ class ScriptedChatModel(BaseChatModel):
     def calls(self) -> list[list[BaseMessage]]:
         """Every conversation the model was called with, in order."""
         return self._calls
+
+    @property
+    def produced(self) -> list[int]:
+        """How many chunks each stream produced, in order of the calls."""
+        return self._produced
+
+    @property
+    def closed(self) -> list[bool]:
+        """Whether each stream was closed by its reader before it had ended."""
+        return self._closed
+
+    def _opened(self) -> int:
+        self._produced.append(0)
+        self._closed.append(False)
+        return len(self._produced) - 1
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedChatModel:
         self.bound_tools[:] = list(tools)
@@ -113,18 +132,30 @@ class ScriptedChatModel(BaseChatModel):
     def _stream(
         self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
     ) -> Iterator[ChatGenerationChunk]:
-        for chunk in self._chunks(self._next(messages)):
-            if self.delay:
-                time.sleep(self.delay)
-            yield chunk
+        k = self._opened()
+        try:
+            for chunk in self._chunks(self._next(messages)):
+                if self.delay:
+                    time.sleep(self.delay)
+                self._produced[k] += 1
+                yield chunk
+        except GeneratorExit:
+            self._closed[k] = True
+            raise
 
     async def _astream(
         self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
     ) -> AsyncIterator[ChatGenerationChunk]:
-        for chunk in self._chunks(self._next(messages)):
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            yield chunk
+        k = self._opened()
+        try:
+            for chunk in self._chunks(self._next(messages)):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                self._produced[k] += 1
+                yield chunk
+        except GeneratorExit:
+            self._closed[k] = True
+            raise
 
 
 class TokenRecorder(BaseCallbackHandler):

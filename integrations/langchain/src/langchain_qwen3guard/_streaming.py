@@ -394,17 +394,25 @@ class _ToolHold:
     def items(self) -> list[tuple[list[dict[str, str]], Surface]]:
         """What the held chunks carry, to judge with Gen: each aggregated tool call (surface
         ``tool_call``) and a structured output (as the answer, surface ``output``)."""
-        if not self.messages:
-            return []
-        merged = _merge(self.messages)
-        calls = [c for m in merged for c in tool_calls_of(m)]
-        out = [(tool_call_conversation(c.name, c.arguments), Surface.TOOL_CALL) for c in calls]
-        for m in merged:
-            structured = structured_output_of(m)
-            if structured is not None and structured.strip():
-                out.append((answer_conversation(self.rules.prompt or [], structured),
-                            Surface.OUTPUT))
-        return out
+        return held_items(self.messages, self.rules.prompt)
+
+
+def held_items(
+    messages: list[BaseMessage], prompt: Any
+) -> list[tuple[list[dict[str, str]], Surface]]:
+    """What the chunks carrying tool-call data hold, to judge with Gen once the stream has
+    ended: each aggregated tool call (surface ``tool_call``) and a structured output (as the
+    answer to ``prompt``, surface ``output``)."""
+    if not messages:
+        return []
+    merged = _merge(messages)
+    calls = [c for m in merged for c in tool_calls_of(m)]
+    out = [(tool_call_conversation(c.name, c.arguments), Surface.TOOL_CALL) for c in calls]
+    for m in merged:
+        structured = structured_output_of(m)
+        if structured is not None and structured.strip():
+            out.append((answer_conversation(prompt or [], structured), Surface.OUTPUT))
+    return out
 
 
 def _merge(messages: list[BaseMessage]) -> list[BaseMessage]:

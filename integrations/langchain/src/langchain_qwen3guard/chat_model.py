@@ -11,7 +11,10 @@ from (a chain, an agent, a LangGraph graph streamed with ``stream_mode="messages
 ``astream_events``) what leaves it has been moderated: chunks are passed on as soon as the
 guard has scored them (see :mod:`langchain_qwen3guard._streaming`), and a flagged answer stops
 there with :class:`qwen3guard.Qwen3GuardViolation` (or, with ``exit_behavior="replace"``, one
-last chunk carrying the violation message).
+last chunk carrying the violation message). With ``on_unsafe="regenerate"`` a flagged answer
+is rolled back to the start of the flagged sentence and the LLM continues the kept prefix
+(the core loop :func:`qwen3guard.stream.intervene.intervene`; see
+:mod:`langchain_qwen3guard._regenerate`): the reader gets one clean answer.
 
 The wrapped model runs *outside* LangChain's callbacks: its own raw tokens never reach the
 caller's streaming handlers or traces as if they were this model's output; only the moderated
@@ -46,6 +49,11 @@ from qwen3guard import (
 )
 from qwen3guard.content import answer_conversation, as_text
 from qwen3guard.guard import raise_if_blocked
+from qwen3guard.stream.intervene import (
+    DEFAULT_BUFFER_TOKENS,
+    DEFAULT_INSTRUCTION,
+    DEFAULT_MAX_RETRIES,
+)
 
 from ._convert import (
     GuardMessage,
@@ -53,6 +61,13 @@ from ._convert import (
     format_violation,
     message_content,
     messages_to_guard,
+)
+from ._regenerate import (
+    Continuation,
+    RegenerateRules,
+    aregenerate_stream,
+    regenerate_stream,
+    resolve_continuation,
 )
 from ._streaming import (
     Core,
@@ -86,7 +101,21 @@ class Qwen3GuardChatModel(BaseChatModel):
             carries tool-call data, and what follows it, is held until the aggregated calls are
             judged).
         exit_behavior: ``"error"`` raises :class:`qwen3guard.Qwen3GuardViolation`;
-            ``"replace"`` ends the answer with ``violation_message`` instead.
+            ``"replace"`` ends the answer with ``violation_message`` instead;
+            ``"regenerate"`` rolls a flagged answer back to the start of the flagged sentence
+            and has the LLM continue it (at most ``max_retries`` times, then the answer ends
+            with ``violation_message``); a blocked prompt or tool call is answered with
+            ``violation_message``. ``on_unsafe`` is another name for it.
+        buffer_tokens: with ``"regenerate"``, how many judged tokens the released text stays
+            behind the moderation head (so a flag lands while its sentence is unreleased).
+        max_retries: with ``"regenerate"``, how many continuations are asked for at most.
+        instruction: with ``"regenerate"``, the corrective instruction (a template with
+            ``{categories}`` and ``{kept}``, the kept prefix).
+        continuation: with ``"regenerate"``, how the LLM continues the kept prefix:
+            ``"prefill"`` (the prompt plus an ``AIMessage`` holding it), ``"instruction"`` (the
+            prompt plus a user message with ``instruction``; the answers are spliced) or
+            ``"auto"`` (prefill where the model is known to support it: Anthropic's chat
+            models).
         hold_back_tokens: deprecated, no effect: what is held back is decided by the core
             :class:`qwen3guard.StreamGate` (only text the session has settled is passed on).
             ``holdback_tokens`` is its older (deprecated) name.
@@ -99,14 +128,23 @@ class Qwen3GuardChatModel(BaseChatModel):
     policy: Policy | None = Field(default=None, exclude=True)
     check_input: bool = True
     check_output: bool = True
-    exit_behavior: Literal["error", "replace"] = "error"
+    exit_behavior: Literal["error", "replace", "regenerate"] = "error"
     violation_message: str | None = None
     hold_back_tokens: int = 1
+    buffer_tokens: int = Field(default=DEFAULT_BUFFER_TOKENS, ge=0)
+    max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0)
+    instruction: str = DEFAULT_INSTRUCTION
+    continuation: Continuation = "auto"
 
     @model_validator(mode="before")
     @classmethod
     def _old_names(cls, data: Any) -> Any:
-        return renamed_hold_back(data)
+        return on_unsafe_alias(renamed_hold_back(data))
+
+    @property
+    def on_unsafe(self) -> str:
+        """Another name of :attr:`exit_behavior`."""
+        return self.exit_behavior
 
     @property
     def holdback_tokens(self) -> int:
@@ -223,6 +261,12 @@ class Qwen3GuardChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        if self._regenerates:
+            yield from regenerate_stream(
+                lambda request: self._inner_call(request, stop, kwargs), messages,
+                self._regenerate_rules(messages),
+            )
+            return
         rules = self._rules(messages)
         source = self._inner_stream(messages, stop, kwargs)
         yield from moderate(source, rules, answer=self.check_output)
@@ -234,6 +278,13 @@ class Qwen3GuardChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        if self._regenerates:
+            async for chunk in aregenerate_stream(
+                lambda request: self._inner_acall(request, stop, kwargs), messages,
+                self._regenerate_rules(messages),
+            ):
+                yield chunk
+            return
         rules = self._rules(messages)
         source = self._inner_astream(messages, stop, kwargs)
         async for chunk in amoderate(source, rules, answer=self.check_output):
@@ -257,6 +308,42 @@ class Qwen3GuardChatModel(BaseChatModel):
         async for chunk in self.llm.astream(messages, config=_INNER_CONFIG.copy(), **kwargs):
             yield _as_generation_chunk(chunk)
 
+    def _inner_call(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> Iterator[Any]:
+        """One try of the wrapped model (closing the iterator closes its stream)."""
+        if stop is not None:
+            kwargs = {**kwargs, "stop": stop}
+        return self.llm.stream(messages, config=_INNER_CONFIG.copy(), **kwargs)
+
+    def _inner_acall(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        if stop is not None:
+            kwargs = {**kwargs, "stop": stop}
+        return self.llm.astream(messages, config=_INNER_CONFIG.copy(), **kwargs)
+
+    @property
+    def _regenerates(self) -> bool:
+        return self.exit_behavior == "regenerate" and self.check_output
+
+    def _regenerate_rules(self, messages: list[BaseMessage]) -> RegenerateRules:
+        conversation = messages_to_guard(messages)
+        guard = self.guard if self.guard is not None else get_default_guard()
+        return RegenerateRules(
+            guard=guard,
+            policy=self.policy if self.policy is not None else guard.policy,
+            prompt=_session_prompt(conversation),
+            prompt_text=_last_text(conversation),
+            check_prompt=self.check_input,
+            mode=resolve_continuation(self.llm, self.continuation),
+            refusal=lambda decision: format_violation(self.violation_message, decision),
+            to_chunk=_as_generation_chunk,
+            buffer_tokens=self.buffer_tokens,
+            max_retries=self.max_retries,
+            instruction=self.instruction,
+        )
+
     def _rules(self, messages: list[BaseMessage]) -> StreamRules:
         # Every text of the prompt is read now: a shape the guard cannot read raises
         # InvalidInputError before the wrapped model is called.
@@ -275,7 +362,7 @@ class Qwen3GuardChatModel(BaseChatModel):
         )
 
     def _blocked(self, decision: Decision, content: str) -> list[ChatGenerationChunk]:
-        if self.exit_behavior != "replace":
+        if self.exit_behavior == "error":
             raise_if_blocked(decision, content)
         text = format_violation(self.violation_message, decision)
         meta = {METADATA_KEY: decision.to_dict()}
@@ -300,6 +387,19 @@ def renamed_hold_back(data: Any) -> Any:
                 DeprecationWarning,
                 stacklevel=4,
             )
+    return data
+
+
+def on_unsafe_alias(data: Any) -> Any:
+    """``on_unsafe=`` as ``exit_behavior`` (the name the other integrations use)."""
+    if isinstance(data, dict) and "on_unsafe" in data:
+        data = dict(data)
+        value = data.pop("on_unsafe")
+        if value is not None:
+            if data.get("exit_behavior", value) != value:
+                raise ValueError(f"on_unsafe={value!r} and exit_behavior="
+                                 f"{data['exit_behavior']!r} disagree: give one of them")
+            data["exit_behavior"] = value
     return data
 
 
