@@ -68,7 +68,7 @@ class TransformersGenBackend(GenBackend):
             check_gen_checkpoint(self.model_id)
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(self.model_id)
         self.model = model or AutoModelForCausalLM.from_pretrained(self.model_id, dtype=self.dtype)
-        self.model.to(self.device).eval()
+        self.model.to(self.device).eval()  # type: ignore[arg-type]
         self.encoder = ConversationEncoder(self.tokenizer)
         self.max_new_tokens = max_new_tokens
         cfg_ctx = getattr(self.model.config, "max_position_embeddings", None) or 32768
@@ -190,11 +190,11 @@ class TransformersGenBackend(GenBackend):
                 eos_token_id=self.eos_ids,
                 pad_token_id=self.pad_id,
             )
-        texts = []
+        texts: list[str] = []
         stop = set(self.eos_ids) | {self.pad_id}
         for row in out[:, width:].tolist():
             cut = next((i for i, t in enumerate(row) if t in stop), len(row))
-            texts.append(self.tokenizer.decode(row[:cut], skip_special_tokens=False))
+            texts.append(str(self.tokenizer.decode(row[:cut], skip_special_tokens=False)))
         log.debug("gen batch of %d in %.3fs", len(batch), time.perf_counter() - t0)
         return texts
 

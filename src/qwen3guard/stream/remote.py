@@ -85,7 +85,7 @@ class RemoteStreamBackend:
 
         hello = self._hello(prompt_messages, options)
         try:
-            extra = {"legacy": True} if _takes_legacy_flag(connect) else {}
+            extra: dict[str, Any] = {"legacy": True} if _takes_legacy_flag(connect) else {}
             ws = connect(
                 self.url,
                 **extra,

@@ -196,8 +196,8 @@ def policy_from_wire(d: Any) -> Policy:
         }
         return Policy(
             mode=d.get("mode", "strict"),
-            ignore_categories=d.get("ignore_categories") or (),
-            block_categories=d.get("block_categories") or (),
+            ignore_categories=frozenset(Category(c) for c in d.get("ignore_categories") or ()),
+            block_categories=frozenset(Category(c) for c in d.get("block_categories") or ()),
             surfaces=surfaces,
             fail_open=bool(d.get("fail_open", False)),
         )
