@@ -501,12 +501,9 @@ class Qwen3GuardMiddleware(AgentMiddleware[Qwen3GuardState, Any]):
                 return None
             if isinstance(m, ToolMessage) and self._noted(self._ending, self.digest_of(m)):
                 meta = m.response_metadata.get(METADATA_KEY)
-                return {
-                    "jump_to": "end",
-                    "messages": [
-                        AIMessage(content=m.content, response_metadata={METADATA_KEY: meta})
-                    ],
-                }
+                answer = AIMessage(content=m.content, response_metadata={METADATA_KEY: meta})
+                record = [self.digest_of(x) for x in [*messages, answer]]
+                return {"jump_to": "end", "messages": [answer], _STATE_KEY: record}
         return None
 
     def _guarded_request(self, request: ModelRequest[Any]) -> ModelRequest[Any] | None:
