@@ -214,3 +214,10 @@ def test_options_are_checked(guard):
                          max_retries=-1)
     model = guard_chat_model(ScriptedChatModel(script=["x"]), guard, exit_behavior="regenerate")
     assert model.on_unsafe == "regenerate"
+
+
+@pytest.mark.parametrize("continuation", ["instruction", "prefill"])
+def test_the_continuation_is_spliced_without_doubled_white_space(guard, continuation):
+    # a model that continues "... at home." with " Then ..." (as prefill models do)
+    model, _ = _model(guard, FIRST, "  " + REPAIR, continuation=continuation)
+    assert model.invoke(PROMPT).content == SAFE + REPAIR
