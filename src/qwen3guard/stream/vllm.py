@@ -154,11 +154,12 @@ class VLLMStreamBackend:
         self._http = httpx.Client(timeout=self.timeout, headers=self._headers())
         self._torch = torch
         server_len: int | None = None
+        root = model
         if model is None:
-            model, server_len = self._served_model()
+            model, root, server_len = self._served_model()
         self.model = model
-        source = tokenizer if tokenizer is not None else model
-        self.tokenizer = (
+        source = tokenizer if tokenizer is not None else root
+        self.tokenizer: Any = (
             AutoTokenizer.from_pretrained(source) if isinstance(source, str) else source
         )
         if not getattr(self.tokenizer, "chat_template", None):
@@ -291,7 +292,8 @@ class VLLMStreamBackend:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    def _served_model(self) -> tuple[str, int | None]:
+    def _served_model(self) -> tuple[str, str, int | None]:
+        """(served name, checkpoint path or hub id, max_model_len) of the only model."""
         try:
             r = self._http.get(self.base_url + ("" if self.base_url.endswith("/v1") else "/v1")
                                + "/models")
@@ -304,7 +306,7 @@ class VLLMStreamBackend:
                 f"{self.base_url} serves {len(models)} models; pass model= to pick one"
             )
         m = models[0]
-        return str(m.get("root") or m["id"]), m.get("max_model_len")
+        return str(m["id"]), str(m.get("root") or m["id"]), m.get("max_model_len")
 
     def _pool(
         self,
