@@ -53,7 +53,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import GuardOutputError, GuardUnavailableError, InvalidInputError, Qwen3GuardError
@@ -159,8 +159,8 @@ class VLLMStreamBackend:
             model, root, server_len = self._served_model()
         self.model = model
         source = tokenizer if tokenizer is not None else root
-        self.tokenizer: Any = (
-            AutoTokenizer.from_pretrained(source) if isinstance(source, str) else source
+        self.tokenizer: Any = cast(
+            Any, AutoTokenizer.from_pretrained(source) if isinstance(source, str) else source
         )
         if not getattr(self.tokenizer, "chat_template", None):
             raise InvalidInputError(f"the tokenizer of {source} has no chat template")
