@@ -91,7 +91,6 @@ from qwen3guard import (
     get_default_guard,
 )
 from qwen3guard.content import (
-    MessageContent,
     answer_conversation,
     as_text,
     tool_call_conversation,
@@ -126,6 +125,8 @@ Item = tuple[Conversation, Surface]
 
 _STATE_KEY = "qwen3guard_judged"
 _MEMO_SIZE = 4096
+#: Judged user turns put before new input when it is judged as one conversation.
+_CONTEXT_TURNS = 3
 
 
 class Qwen3GuardState(AgentState[Any]):
@@ -368,9 +369,14 @@ class Qwen3GuardMiddleware(AgentMiddleware[Qwen3GuardState, Any]):
             plan.add([idx], ([{"role": "user", "content": text}], surface), text)
             if not is_tool:
                 joint.append(idx)
-        if len(joint) > 1:
-            conv = [{"role": "user", "content": plan.texts[i]} for i in joint]
-            plan.add(joint, (conv, Surface.INPUT), "\n".join(plan.texts[i] for i in joint))
+        if joint:
+            # A request split over several messages, or over turns: the new messages together,
+            # after the last few user turns already judged. (Only the new ones are replaced.)
+            before = _user_texts(messages[: joint[0]])[-_CONTEXT_TURNS:]
+            texts = [*before, *(plan.texts[i] for i in joint)]
+            if len(texts) > 1:
+                conv = [{"role": "user", "content": t} for t in texts]
+                plan.add(joint, (conv, Surface.INPUT), "\n".join(texts))
         return plan
 
     def _answer_items(
@@ -734,18 +740,25 @@ def _result_parts(result: Any) -> tuple[list[BaseMessage], Any]:
     return list(converted), (other or None)
 
 
-def _last_request(messages: Sequence[BaseMessage]) -> Conversation:
-    """The context an answer is judged after: the last user turn the model was given."""
-    for m in reversed(messages):
+def _user_texts(messages: Sequence[BaseMessage]) -> list[str]:
+    """The texts of the user turns among ``messages``, in order."""
+    out: list[str] = []
+    for m in messages:
         if isinstance(m, (AIMessage, ToolMessage)):
             continue
         try:
-            content: MessageContent = message_content(m, non_text="skip")
+            content = message_content(m, non_text="skip")
         except InvalidInputError:
             continue
         if content.role == "user" and content.full_text.strip():
-            return [{"role": "user", "content": content.full_text}]
-    return []
+            out.append(content.full_text)
+    return out
+
+
+def _last_request(messages: Sequence[BaseMessage]) -> Conversation:
+    """The context an answer is judged after: the last user turn the model was given."""
+    texts = _user_texts(messages)
+    return [{"role": "user", "content": texts[-1]}] if texts else []
 
 
 def _inner_config() -> RunnableConfig:
