@@ -4,7 +4,9 @@ Each notebook is executed with ``nbclient`` in a fresh kernel of *this* interpre
 spec written for ``sys.executable``, so a user-level ``python3`` kernel elsewhere cannot be
 picked up), with ``QWEN3GUARD_MODEL`` / ``QWEN3GUARD_STREAM_MODEL`` pointing at the tiny
 checkpoints and ``QWEN3GUARD_COOKBOOK_OUT`` at a temporary directory for the files the notebooks
-write. The notebooks assert on their own results, so a broken notebook fails here.
+write. The notebooks assert on their own results, so a broken notebook fails here. A notebook
+that starts vLLM (``VLLM_NOTEBOOKS``) runs with the vLLM venv of ``tests/vllm_stream_fixtures.py``
+(``QWEN3GUARD_VLLM_PYTHON``), so it carries the ``vllm`` marker.
 
 The ``.ipynb`` files are the notebooks' source: they are committed without outputs, and ruff
 checks their code like any other file (``make lint``; ``test_notebook_code_is_lint_clean`` here,
@@ -31,9 +33,17 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
+from tests import vllm_stream_fixtures as fx
+
+# The vLLM venv with this checkout's qwen3guard plugins (tests/vllm_stream_fixtures.py): a
+# notebook that serves a model on vLLM runs with it, and the test is marked ``vllm`` for it.
+vllm_stream_python = fx.vllm_stream_python
+
 ROOT = Path(__file__).resolve().parents[1]
 COOKBOOK = ROOT / "cookbook"
 NOTEBOOKS = sorted(COOKBOOK.glob("*.ipynb"))
+# Notebooks that start vLLM (with QWEN3GUARD_VLLM_PYTHON): run only where vLLM is installed.
+VLLM_NOTEBOOKS = {"09_stream_on_vllm"}
 CELL_TIMEOUT_S = 300
 
 # Figures a notebook must have saved (in QWEN3GUARD_COOKBOOK_OUT).
@@ -42,7 +52,7 @@ FIGURES = {
     "07_dataset_labeling": ["07_confusion_matrix.png"],
 }
 # Servers a notebook starts write their pid here; they must be gone when it ends.
-SERVER_PIDFILES = {"06_remote_deployment": "06_server.pid"}
+SERVER_PIDFILES = {"06_remote_deployment": "06_server.pid", "09_stream_on_vllm": "09_server.pid"}
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -58,6 +68,7 @@ def test_the_cookbook_has_its_notebooks() -> None:
         "06_remote_deployment",
         "07_dataset_labeling",
         "08_rl_reward",
+        "09_stream_on_vllm",
     } <= names
 
 
@@ -71,7 +82,10 @@ def test_notebook_is_committed_without_outputs(path: Path) -> None:
             assert cell.execution_count is None, f"{path.name}: a cell has an execution count"
     first_code = next(c.source for c in nb.cells if c.cell_type == "code")
     # The models are variables at the top, overridable from the environment.
-    assert 'os.environ.get("QWEN3GUARD_MODEL", "Qwen/Qwen3Guard-Gen-' in first_code
+    assert (
+        'os.environ.get("QWEN3GUARD_MODEL", "Qwen/Qwen3Guard-Gen-' in first_code
+        or 'os.environ.get("QWEN3GUARD_STREAM_MODEL", "Qwen/Qwen3Guard-Stream-' in first_code
+    ), f"{path.name}: the first code cell does not read the models from the environment"
 
 
 def test_notebook_code_is_lint_clean() -> None:
@@ -120,7 +134,9 @@ def _stop_leftover(pidfile: Path) -> bool:
     return True
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", [p for p in NOTEBOOKS if p.stem not in VLLM_NOTEBOOKS], ids=lambda p: p.stem
+)
 def test_notebook_runs(
     path: Path,
     gen_path: str,
@@ -130,6 +146,41 @@ def test_notebook_runs(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv("QWEN3GUARD_VLLM_PYTHON", raising=False)
+    _run_notebook(
+        path, gen_path, stream_path, kernel_spec_dir, jupyter_runtime_dir, tmp_path, monkeypatch
+    )
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in NOTEBOOKS if p.stem in VLLM_NOTEBOOKS], ids=lambda p: p.stem
+)
+def test_notebook_on_vllm_runs(
+    path: Path,
+    vllm_stream_python: Path,
+    gen_path: str,
+    stream_path: str,
+    kernel_spec_dir: Path,
+    jupyter_runtime_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QWEN3GUARD_VLLM_PYTHON", str(vllm_stream_python))
+    _run_notebook(
+        path, gen_path, stream_path, kernel_spec_dir, jupyter_runtime_dir, tmp_path, monkeypatch
+    )
+
+
+def _run_notebook(
+    path: Path,
+    gen_path: str,
+    stream_path: str,
+    kernel_spec_dir: Path,
+    jupyter_runtime_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Execute ``path`` in a fresh kernel on the small checkpoints, then check what it left."""
     out = tmp_path / "out"
     out.mkdir()
     # The kernel (and any process it starts) inherits this environment.
