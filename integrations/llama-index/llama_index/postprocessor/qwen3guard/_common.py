@@ -11,11 +11,15 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
+from llama_index.core.tools.types import ToolOutput
+
 from qwen3guard import (
     DEFAULT_REFUSAL_MESSAGE,
     METADATA_KEY,
     Decision,
+    InvalidInputError,
     Qwen3Guard,
+    Surface,
     get_default_guard,
 )
 from qwen3guard.content import (
@@ -25,6 +29,8 @@ from qwen3guard.content import (
     answer_conversation,
     read_content,
     read_message,
+    tool_call_conversation,
+    tool_result_conversation,
 )
 
 log = logging.getLogger("llama_index.postprocessor.qwen3guard")
@@ -187,6 +193,46 @@ def chat_messages_to_dicts(messages: Sequence[Any]) -> Messages:
     return out
 
 
+def tool_arguments(
+    args: tuple[Any, ...], kwargs: dict[str, Any], *, skip: str | None = None
+) -> Any:
+    """A tool call's arguments as the LLM gave them: the keyword arguments (a lone positional
+    argument on its own). Workflow ``Context`` objects are not content and are left out."""
+    pos = [a for a in args if not is_context(a)]
+    kw = {k: v for k, v in kwargs.items() if k != skip and not is_context(v)}
+    if pos and not kw:
+        return pos[0] if len(pos) == 1 else pos
+    return {"args": pos, **kw} if pos else kw
+
+
+def arguments_messages(name: str | None, arguments: Any) -> Messages | None:
+    """How a tool call is judged (the core's :func:`~qwen3guard.content.tool_call_conversation`:
+    ``name(arguments)`` as a request); None when there is nothing to judge."""
+    return tool_call_conversation(name, arguments) or None
+
+
+def output_messages(output: ToolOutput) -> Messages | Decision | None:
+    """What the LLM will read of a tool's output (every block, read by the core's rule) as the
+    guard's conversation; a blocked decision when part of it cannot be judged as text; None
+    when it carries no content."""
+    try:
+        text = read_blocks(output.blocks, role="tool").full_text
+    except InvalidInputError as exc:
+        error = InvalidInputError(f"the output of tool {output.tool_name!r}: {exc}")
+        return Decision(False, None, Surface.TOOL_RESULT, f"cannot be judged: {error}",
+                        error=error)
+    return tool_result_conversation(text) or None
+
+
+def is_context(value: Any) -> bool:
+    """A workflow ``Context`` (handed to tools by agents; not content)."""
+    try:
+        from llama_index.core.workflow import Context
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(value, Context)
+
+
 __all__ = [
     "DEFAULT_REFUSAL_MESSAGE",
     "DEFAULT_VIOLATION_MESSAGE",
@@ -194,14 +240,18 @@ __all__ = [
     "NO_PROMPT",
     "ExitBehavior",
     "Messages",
+    "arguments_messages",
     "chat_messages_to_dicts",
     "core_blocks",
     "check_exit_behavior",
     "check_hold_back",
     "decision_meta",
+    "is_context",
+    "output_messages",
     "resolve_guard",
     "read_blocks",
     "read_chat_message",
     "response_turns",
+    "tool_arguments",
     "user_turn",
 ]

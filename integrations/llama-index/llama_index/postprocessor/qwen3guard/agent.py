@@ -28,14 +28,15 @@ from qwen3guard import (
 
 from ._common import (
     Messages,
+    arguments_messages,
     chat_messages_to_dicts,
     check_hold_back,
     log,
+    output_messages,
     resolve_guard,
     response_turns,
 )
 from ._stream import Moderation
-from .tools import arguments_messages, output_messages
 
 Item = tuple[Messages, Surface]
 

@@ -19,15 +19,22 @@ from qwen3guard import (
     DEFAULT_REFUSAL_MESSAGE,
     METADATA_KEY,
     Decision,
-    InvalidInputError,
     Policy,
     Qwen3Guard,
     Surface,
 )
-from qwen3guard.content import tool_call_conversation, tool_result_conversation
 from qwen3guard.guard import raise_if_blocked
 
-from ._common import ExitBehavior, Messages, check_exit_behavior, read_blocks, resolve_guard
+from ._common import (
+    ExitBehavior,
+    Messages,
+    arguments_messages,
+    check_exit_behavior,
+    is_context,
+    output_messages,
+    resolve_guard,
+    tool_arguments,
+)
 
 
 class _ToolGuard:
@@ -251,47 +258,8 @@ def guard_tool(
     return GuardedTool(tool, guard, **kw)
 
 
-def tool_arguments(
-    args: tuple[Any, ...], kwargs: dict[str, Any], *, skip: str | None = None
-) -> Any:
-    """A tool call's arguments as the LLM gave them: the keyword arguments (a lone positional
-    argument on its own). Workflow ``Context`` objects are not content and are left out."""
-    pos = [a for a in args if not _is_context(a)]
-    kw = {k: v for k, v in kwargs.items() if k != skip and not _is_context(v)}
-    if pos and not kw:
-        return pos[0] if len(pos) == 1 else pos
-    return {"args": pos, **kw} if pos else kw
-
-
-def arguments_messages(name: str | None, arguments: Any) -> Messages | None:
-    """How a tool call is judged (the core's :func:`~qwen3guard.content.tool_call_conversation`:
-    ``name(arguments)`` as a request); None when there is nothing to judge."""
-    return tool_call_conversation(name, arguments) or None
-
-
-def output_messages(output: ToolOutput) -> Messages | Decision | None:
-    """What the LLM will read of a tool's output (every block, read by the core's rule) as the
-    guard's conversation; a blocked decision when part of it cannot be judged as text; None
-    when it carries no content."""
-    try:
-        text = read_blocks(output.blocks, role="tool").full_text
-    except InvalidInputError as exc:
-        error = InvalidInputError(f"the output of tool {output.tool_name!r}: {exc}")
-        return Decision(False, None, Surface.TOOL_RESULT, f"cannot be judged: {error}",
-                        error=error)
-    return tool_result_conversation(text) or None
-
-
-def _is_context(value: Any) -> bool:
-    try:
-        from llama_index.core.workflow import Context
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(value, Context)
-
-
 def _public_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in kwargs.items() if not _is_context(v)}
+    return {k: v for k, v in kwargs.items() if not is_context(v)}
 
 
 def _call_sync(tool: BaseTool, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ToolOutput:
