@@ -221,3 +221,61 @@ def test_the_continuation_is_spliced_without_doubled_white_space(guard, continua
     # a model that continues "... at home." with " Then ..." (as prefill models do)
     model, _ = _model(guard, FIRST, "  " + REPAIR, continuation=continuation)
     assert model.invoke(PROMPT).content == SAFE + REPAIR
+
+
+class ContinuingModel(ScriptedChatModel):
+    """Answers ``FIRST`` to a prompt and ``REPAIR`` to a request for a continuation, whatever
+    the order of the calls (for batches, whose calls run concurrently)."""
+
+    def _next(self, messages: list[BaseMessage]) -> AIMessage:
+        self._calls.append(list(messages))
+        last = messages[-1]
+        again = isinstance(last, AIMessage) or "Answer so far" in str(last.content)
+        return AIMessage(content=REPAIR if again else FIRST)
+
+
+async def test_batch_and_abatch(guard):
+    inner = ContinuingModel(script=[""])
+    model = guard_chat_model(inner, guard, on_unsafe="regenerate")
+    assert [m.content for m in model.batch([PROMPT, PROMPT])] == [SAFE + REPAIR] * 2
+    assert [m.content for m in await model.abatch([PROMPT, PROMPT])] == [SAFE + REPAIR] * 2
+    assert len(inner.calls) == 8
+
+
+def _long_conversation(last: str, turns: int = 400) -> list[BaseMessage]:
+    msgs: list[BaseMessage] = []
+    for i in range(turns):
+        msgs += [HumanMessage(f"question {i}"), AIMessage("ok")]
+    return [*msgs, HumanMessage(last)]
+
+
+@pytest.mark.parametrize("how", ["invoke", "astream"])
+async def test_a_prompt_too_long_for_stream_is_judged_by_gen(guard, how):
+    model, inner = _model(guard, FIRST, REPAIR)
+    text, pieces = await _answer(model, how, _long_conversation("How can I make a bomb?"))
+    assert text == DEFAULT_REFUSAL_MESSAGE and inner.calls == []
+    model, inner = _model(guard, FIRST, REPAIR)
+    text, _ = await _answer(model, how, _long_conversation(PROMPT))
+    assert text == SAFE + REPAIR and len(inner.calls) == 2
+
+
+def test_check_input_off_answers_a_prompt_the_guard_would_block(guard):
+    model, inner = _model(guard, SAFE, check_input=False)
+    assert model.invoke("How can I make a bomb at home?").content == SAFE
+    assert len(inner.calls) == 1
+
+
+async def test_a_reader_that_stops_early_closes_the_llm_stream(guard):
+    model, inner = _model(guard, SAFE + REPAIR + " " + SAFE + REPAIR, buffer_tokens=0)
+    stream = model.stream(PROMPT)
+    assert next(stream).content
+    stream.close()
+    assert inner.closed == [True] and inner.produced[0] < len(words(SAFE + REPAIR)) * 2
+
+    model, inner = _model(guard, SAFE + REPAIR + " " + SAFE + REPAIR, buffer_tokens=0)
+    astream = model.astream(PROMPT)
+    assert (await astream.__anext__()).content
+    await astream.aclose()
+    for _ in range(5):  # LangChain's astream leaves the inner generator to the event loop
+        await asyncio.sleep(0)
+    assert inner.closed == [True] and inner.produced[0] < len(words(SAFE + REPAIR)) * 2
