@@ -180,7 +180,7 @@ def evaluate_stream(
     namings) and latency lines. Returns the report dict."""
     _check_compat(compat)
     t0 = time.perf_counter()
-    tokenizer = stream_tokenizer(guard) if any(r.conversation for r in rows) else None
+    tokenizer = None  # fetched for the first row that needs token indices
     runnable = [r for r in rows if r.error is None or (compat and r.label_error)]
     errors = _row_errors(rows)
     preds: dict[int, Any] = {}
@@ -192,6 +192,8 @@ def evaluate_stream(
         for r in runnable:
             rec: dict[str, Any] = {"row": r.index, "label": r.label}
             try:
+                if tokenizer is None and (compat or is_response(r.conversation)):
+                    tokenizer = stream_tokenizer(guard)
                 p = _stream_one(guard, r, compat, thinking, tokenizer)
             except (InvalidInputError, GuardOutputError) as exc:
                 preds[r.index] = None
