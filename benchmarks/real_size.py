@@ -152,6 +152,7 @@ def stream_phase(stream_dir: str, n_tokens: int, budget_gib: float, bf16: bool) 
     out["session_fast_vs_bare_total"] = round(sum(times["fast"]) / sum(times["bare"]), 3)
     if bf16:
         out["bf16_vs_fp32_session"] = round(med["bf16"] / med["fast"], 3)
+    print(json.dumps({"stream_ms": out["per_token_ms_median"]}), file=sys.stderr, flush=True)
 
     # KV cache per session per token, fp32 (the CPU default).
     length = len(prompt_ids) + len(ids)
@@ -232,6 +233,7 @@ def gen_phase(gen_dir: str, batches: list[int], new_tokens: int, bf16: bool) -> 
             "library_convs_per_s": round(b / lib, 3), "bare_convs_per_s": round(b / bar, 3),
             "encode_s": round(encode_s, 4),
         }
+        print(json.dumps({"gen_batch": b, **out["batches"][b]}), file=sys.stderr, flush=True)
     b0, bn = batches[0], batches[-1]
     out[f"throughput_batch_{bn}_vs_{b0}"] = round(
         out["batches"][bn]["library_convs_per_s"] / out["batches"][b0]["library_convs_per_s"], 2)
