@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGenerationChunk
 from lc_fakes import ScriptedChatModel
 
@@ -24,6 +24,22 @@ SAFE_QUESTION = "What is the weather like today?"
 UNSAFE_MARKERS = ("bomb", "explosive")
 
 HOW = ("invoke", "stream", "ainvoke", "astream")
+
+#: What a tool's ``Command`` may carry an unsafe text in (its update, from the tool call id).
+COMMAND_UPDATES: dict[str, Any] = {
+    "tool-message": lambda i: {"messages": [ToolMessage(UNSAFE_TEXT, tool_call_id=i)]},
+    "ai-message": lambda i: {
+        "messages": [ToolMessage("ok", tool_call_id=i), AIMessage(UNSAFE_TEXT)]
+    },
+    "message-dict": lambda i: {
+        "messages": [{"role": "tool", "content": UNSAFE_TEXT, "tool_call_id": i}]
+    },
+    "block-content": lambda i: {
+        "messages": [ToolMessage([{"type": "text", "text": UNSAFE_TEXT}], tool_call_id=i)]
+    },
+    "other-key": lambda i: {"messages": [ToolMessage("ok", tool_call_id=i)], "notes": UNSAFE_TEXT},
+    "update-as-pairs": lambda i: [("messages", [ToolMessage(UNSAFE_TEXT, tool_call_id=i)])],
+}
 
 
 class BlockScriptedChatModel(ScriptedChatModel):

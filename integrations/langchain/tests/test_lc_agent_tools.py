@@ -9,26 +9,24 @@ from typing import Annotated, Any
 import pytest
 from langchain.agents import create_agent
 from langchain.agents.middleware import AgentMiddleware
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.tools import InjectedToolCallId, tool
 from langchain_qwen3guard import Qwen3GuardMiddleware
 from langgraph.types import Command
-from lc_agent_fakes import SAFE_QUESTION, UNSAFE_QUESTION, UNSAFE_TEXT, has_unsafe
+from lc_agent_fakes import (
+    COMMAND_UPDATES,
+    SAFE_QUESTION,
+    UNSAFE_QUESTION,
+    has_unsafe,
+)
 from lc_fakes import SAFE_ANSWER, ScriptedChatModel, tool_call
 
 from qwen3guard import Surface
 
+# "tool-message" is in test_lc_agent_seams; an update given as (key, value) pairs is refused by
+# the agent's ToolNode itself (langgraph-prebuilt 1.1.3 tool_node.py: a clear ValueError).
 UPDATES = {
-    "ai-message": lambda i: {
-        "messages": [ToolMessage("ok", tool_call_id=i), AIMessage(UNSAFE_TEXT)]
-    },
-    "message-dict": lambda i: {
-        "messages": [{"role": "tool", "content": UNSAFE_TEXT, "tool_call_id": i}]
-    },
-    "block-content": lambda i: {
-        "messages": [ToolMessage([{"type": "text", "text": UNSAFE_TEXT}], tool_call_id=i)]
-    },
-    "other-key": lambda i: {"messages": [ToolMessage("ok", tool_call_id=i)], "notes": UNSAFE_TEXT},
+    k: v for k, v in COMMAND_UPDATES.items() if k not in ("tool-message", "update-as-pairs")
 }
 
 

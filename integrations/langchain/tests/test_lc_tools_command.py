@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import pytest
-from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.messages import ToolMessage
 from langchain_core.messages.utils import convert_to_openai_messages
 from langchain_core.tools import InjectedToolCallId, tool
 from langchain_qwen3guard import guard_tool
 from langgraph.types import Command
+from lc_agent_fakes import COMMAND_UPDATES as UPDATES
 from lc_agent_fakes import UNSAFE_TEXT, has_unsafe
 
 from qwen3guard import Qwen3GuardViolation
@@ -28,20 +29,6 @@ def commander(update_of):
     return lookup
 
 
-UPDATES = {
-    "tool-message": lambda i: {"messages": [ToolMessage(UNSAFE_TEXT, tool_call_id=i)]},
-    "ai-message": lambda i: {
-        "messages": [ToolMessage("ok", tool_call_id=i), AIMessage(UNSAFE_TEXT)]
-    },
-    "message-dict": lambda i: {
-        "messages": [{"role": "tool", "content": UNSAFE_TEXT, "tool_call_id": i}]
-    },
-    "block-content": lambda i: {
-        "messages": [ToolMessage([{"type": "text", "text": UNSAFE_TEXT}], tool_call_id=i)]
-    },
-    "other-key": lambda i: {"messages": [ToolMessage("ok", tool_call_id=i)], "notes": UNSAFE_TEXT},
-    "update-as-pairs": lambda i: [("messages", [ToolMessage(UNSAFE_TEXT, tool_call_id=i)])],
-}
 
 
 @pytest.mark.parametrize("name", list(UPDATES))

@@ -72,7 +72,6 @@ from langchain_core.messages import (
     BaseMessage,
     RemoveMessage,
     ToolMessage,
-    convert_to_messages,
 )
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableConfig
@@ -99,6 +98,7 @@ from qwen3guard.content import (
 
 from ._convert import format_violation, message_content
 from .chat_model import Qwen3GuardChatModel
+from .tools import command_update, is_command
 
 try:
     from langchain.agents.middleware import AgentMiddleware, AgentState, hook_config
@@ -722,22 +722,9 @@ def _result_parts(result: Any) -> tuple[list[BaseMessage], Any]:
     ``Command`` update (``None`` when there is none)."""
     if isinstance(result, BaseMessage):
         return [result], None
-    update = getattr(result, "update", None)
-    if update is None:
-        return ([], None) if type(result).__name__ == "Command" else ([], result)
-    pairs = list(update.items()) if isinstance(update, dict) else list(update)
-    messages: list[Any] = []
-    other: dict[str, Any] = {}
-    for key, value in pairs:
-        if key == "messages":
-            messages.extend(value if isinstance(value, (list, tuple)) else [value])
-        else:
-            other[key] = value
-    try:
-        converted = convert_to_messages(messages)
-    except (ValueError, TypeError, NotImplementedError):
-        converted, other["messages"] = [], messages
-    return list(converted), (other or None)
+    if is_command(result):
+        return command_update(result)
+    return [], result
 
 
 def _user_texts(messages: Sequence[BaseMessage]) -> list[str]:

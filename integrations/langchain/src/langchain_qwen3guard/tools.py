@@ -92,7 +92,7 @@ class _Screens:
         """One item per text of the result (a decision for a part that cannot be read)."""
         if not self.check_output:
             return []
-        if _is_command(result):
+        if is_command(result):
             parts = _command_parts(result)
         elif self.content_and_artifact and isinstance(result, tuple) and len(result) == 2:
             parts = [result[0]]
@@ -189,7 +189,7 @@ def _not_judgeable(result: Any) -> NoReturn:
     )
 
 
-def _is_command(value: Any) -> bool:
+def is_command(value: Any) -> bool:
     """A LangGraph ``Command`` (or any object of that name with an ``update``)."""
     try:
         from langgraph.types import Command
@@ -200,12 +200,13 @@ def _is_command(value: Any) -> bool:
     return type(value).__name__ == "Command" and hasattr(value, "update")
 
 
-def _command_parts(command: Any) -> list[Any]:
-    """What a ``Command``'s update adds: each message (as a message), and the rest of the
-    update as one value (its text is judged too)."""
+def command_update(command: Any) -> tuple[list[BaseMessage], dict[str, Any] | None]:
+    """What a ``Command``'s update adds to the conversation: its messages (dicts and tuples
+    made messages), and the rest of the update (``None`` when there is none), whose text the
+    guard judges too. Messages that cannot be made messages stay in the rest, as values."""
     update = getattr(command, "update", None)
     if update is None:
-        return []
+        return [], None
     pairs = list(update.items()) if isinstance(update, dict) else list(update)
     messages: list[Any] = []
     other: dict[str, Any] = {}
@@ -215,10 +216,15 @@ def _command_parts(command: Any) -> list[Any]:
         else:
             other[key] = value
     try:
-        parts: list[Any] = list(convert_to_messages(messages))
+        converted = list(convert_to_messages(messages))
     except (ValueError, TypeError, NotImplementedError):
-        parts = [messages]
-    return [*parts, other] if other else parts
+        converted, other["messages"] = [], messages
+    return converted, (other or None)
+
+
+def _command_parts(command: Any) -> list[Any]:
+    messages, other = command_update(command)
+    return [*messages, other] if other is not None else list(messages)
 
 
 def guard_tool(
