@@ -7,7 +7,8 @@ over vLLM against ``qwen3guard serve``'s WebSocket sessions.
 1. Per-token cost at L (the mean cost per token of moderating an L-token answer fed one token
    per request), cache reading on against off. On: a real session (``feed_ids([id])`` per
    token; each request carries the whole prefix and vLLM computes the tokens after its last
-   cached block). Off: the same requests with ``read_cache: false``, so each computes its
+   cached block); the sessions of all lengths are fed round-robin, one token each per round,
+   so that every length sees the same machine load. Off: the same requests with ``read_cache: false``, so each computes its
    whole prefix; the cost depends only on the position, so it is timed at every position below
    128, every 4th below 512 and every 16th beyond, and averaged with those weights. Each
    measurement has its own ``cache_salt``, so no run reads another's blocks.
@@ -81,21 +82,44 @@ def stride_at(position: int) -> int:
 
 def cost_on(backend: Any, ids: list[int], k: int = 1) -> dict[str, float]:
     """A real session, ``k`` tokens per request; seconds per answer token."""
-    salt = uuid.uuid4().hex
-    session = backend.open_session(PROMPT, cache_salt=salt, submit_every=k)
-    n0 = len(backend.requests)
-    t0 = time.perf_counter()
-    for i in ids:
-        session.feed_ids([i])
-    session.close()
-    dt = time.perf_counter() - t0
-    reqs = list(backend.requests)[n0:]
-    return {
-        "per_token_ms": 1000 * dt / len(ids),
-        "requests": len(reqs),
-        "computed_per_request": sum(r.computed for r in reqs) / max(1, len(reqs)),
-        "max_excess": max((r.computed - (r.num_tokens - r.wanted_from) for r in reqs), default=0),
+    return costs_on(backend, {len(ids): ids}, k)[len(ids)]
+
+
+def costs_on(
+    backend: Any, answers: dict[int, list[int]], k: int = 1
+) -> dict[int, dict[str, float]]:
+    """One real session per answer (each with its own ``cache_salt``), ``k`` tokens per
+    request, fed round-robin: each round feeds one token to every session still going, so
+    every length is measured under the same machine load. Seconds per answer token."""
+    sessions = {
+        n: backend.open_session(PROMPT, cache_salt=uuid.uuid4().hex, submit_every=k)
+        for n in answers
     }
+    spent = dict.fromkeys(answers, 0.0)
+    stats: dict[int, list[Any]] = {n: [] for n in answers}
+    for r in range(max(len(ids) for ids in answers.values())):
+        for n, ids in answers.items():
+            if r >= len(ids):
+                continue
+            m = len(backend.requests)
+            t0 = time.perf_counter()
+            sessions[n].feed_ids([ids[r]])
+            if r == len(ids) - 1:
+                sessions[n].close()
+            spent[n] += time.perf_counter() - t0
+            stats[n].extend(list(backend.requests)[m:])
+    out = {}
+    for n, reqs in stats.items():
+        out[n] = {
+            "per_token_ms": 1000 * spent[n] / len(answers[n]),
+            "requests": len(reqs),
+            "computed_per_request": sum(r.computed for r in reqs) / max(1, len(reqs)),
+            "max_excess": max(
+                (r.computed - (r.num_tokens - r.wanted_from) for r in reqs), default=0
+            ),
+            "request_ms": 1000 * sum(r.seconds for r in reqs) / max(1, len(reqs)),
+        }
+    return out
 
 
 def cost_off(backend: Any, ids: list[int]) -> float:
@@ -163,10 +187,10 @@ def main() -> int:
             backend = VLLMStreamBackend(proc.base_url, tokenizer=ckpt, timeout=600)
             tok = backend.tokenizer
             cost_on(backend, answer_ids(tok, 64))  # warm-up
+            ons = costs_on(backend, {n: answer_ids(tok, n) for n in args.lengths})
             for n in args.lengths:
-                ids = answer_ids(tok, n)
-                on = cost_on(backend, ids)
-                off = cost_off(backend, ids)
+                on = ons[n]
+                off = cost_off(backend, answer_ids(tok, n))
                 results[f"L={n}"] = {**on, "off_per_token_ms": off}
                 print(f"L={n}: on {on['per_token_ms']:.2f} ms/token "
                       f"({on['computed_per_request']:.1f} rows computed per request, "
