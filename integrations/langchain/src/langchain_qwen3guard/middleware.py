@@ -104,6 +104,7 @@ try:
     from langchain.agents.middleware import AgentMiddleware, AgentState, hook_config
     from langchain.agents.middleware.types import (
         ExtendedModelResponse,
+        ModelCallResult,
         ModelRequest,
         ModelResponse,
         PrivateStateAttr,
@@ -236,8 +237,8 @@ class Qwen3GuardMiddleware(AgentMiddleware[Qwen3GuardState, Any]):
     def wrap_model_call(
         self,
         request: ModelRequest[Any],
-        handler: Callable[[ModelRequest[Any]], Any],
-    ) -> Any:
+        handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
+    ) -> ModelCallResult[Any]:
         guarded = self._guarded_request(request)
         try:
             response = handler(guarded or request)
@@ -249,8 +250,8 @@ class Qwen3GuardMiddleware(AgentMiddleware[Qwen3GuardState, Any]):
     async def awrap_model_call(
         self,
         request: ModelRequest[Any],
-        handler: Callable[[ModelRequest[Any]], Awaitable[Any]],
-    ) -> Any:
+        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
+    ) -> ModelCallResult[Any]:
         guarded = self._guarded_request(request)
         try:
             response = await handler(guarded or request)
