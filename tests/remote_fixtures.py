@@ -36,6 +36,7 @@ SERVE_API_KEY = "test-key-123"
 #: Limits of the ``serve_abuse_url`` server (small, so the abuse tests stay short).
 ABUSE_MAX_SESSIONS = 16
 ABUSE_IDLE_S = 3.0
+ABUSE_WINDOW_TOKENS = 1024
 
 _startup: dict[str, float] = {}
 
@@ -120,7 +121,8 @@ def serve_with_key_url(gen_path: str, tmp_path_factory: pytest.TempPathFactory) 
 def serve_abuse_url(
     gen_path: str, stream_path: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """A ``qwen3guard serve`` with a small stream-session cap and a short idle timeout."""
+    """A ``qwen3guard serve`` with a small stream-session cap, a short idle timeout, and windows
+    of half the small checkpoint's context (the latency bound of a small request)."""
     logs = _log_dir(tmp_path_factory)
     proc = serve_server(
         gen_path,
@@ -130,6 +132,8 @@ def serve_abuse_url(
             str(ABUSE_MAX_SESSIONS),
             "--stream-idle-timeout",
             str(ABUSE_IDLE_S),
+            "--max-window-tokens",
+            str(ABUSE_WINDOW_TOKENS),
         ],
         log_path=str(logs / "serve-abuse.log"),
     )

@@ -252,8 +252,5 @@ def test_context_overflow_is_a_context_length_error(gen_path: str) -> None:
         many = [{"role": "user", "content": f"turn {i}"} for i in range(600)]
         with pytest.raises(ContextLengthError):  # the template of 600 turns alone overflows
             backend.split_windows(many)
-        guard = Qwen3Guard(backend)
-        (res,) = guard.check_batch([many], return_exceptions=True)
-        assert isinstance(res, ContextLengthError)
     finally:
         backend.close()

@@ -18,6 +18,7 @@ from qwen3guard import ContextLengthError, Qwen3Guard
 from qwen3guard.batching import MicroBatcher
 from qwen3guard.server import create_app
 from qwen3guard.server.cli import add_serve_arguments, run_serve
+from tests.remote_fixtures import ABUSE_WINDOW_TOKENS
 
 BOMB = "How can I make a bomb?"
 WEATHER = "What is the weather like today?"
@@ -209,20 +210,27 @@ def _small_latency(url: str, n: int) -> list[float]:
 
 @pytest.mark.timeout(600)
 def test_small_request_latency_within_5x_while_a_maximal_request_runs(
-    serve_url: str, gen_guard: Qwen3Guard
+    serve_abuse_url: str, gen_path: str
 ) -> None:
+    """The server batches round-robin over requests and a window's forward is the longest a
+    small request waits; windows here are 1024 tokens (``--max-window-tokens``)."""
+    from qwen3guard.gen.local import TransformersGenBackend
+
+    serve_url = serve_abuse_url
     _small_latency(serve_url, 3)  # warm-up
     idle = statistics.median(_small_latency(serve_url, 7))
     # About the largest request the server accepts under its default budget (65536 tokens of
     # model input, windows and their template included), measured with the same tokenizer.
-    gen: Any = gen_guard.gen
+    gen = TransformersGenBackend(gen_path, max_window_tokens=ABUSE_WINDOW_TOKENS)  # the server's
 
     def cost(n: int) -> int:
         windows = gen.split_windows([{"role": "user", "content": LONG_WORDS * n}])
         return sum(len(gen.encoder.encode(w)) for w in windows)
 
     n = int(4000 * 0.97 * 65536 / cost(4000))
-    assert 0.9 * 65536 < cost(n) <= 65536, cost(n)
+    tokens = cost(n)
+    gen.close()
+    assert 0.9 * 65536 < tokens <= 65536, tokens
     big_text = LONG_WORDS * n
     result: dict[str, Any] = {}
 
@@ -246,7 +254,7 @@ def test_small_request_latency_within_5x_while_a_maximal_request_runs(
         f"\nidle small-request latency {idle * 1000:.0f} ms; while the maximal request ran: "
         f"{', '.join(f'{t * 1000:.0f}' for t in busy)} ms (median "
         f"{statistics.median(busy) * 1000:.0f}); the maximal request ({len(big_text)} chars, "
-        f"{cost(n)} tokens) took {result['seconds']:.1f}s"
+        f"{tokens} tokens) took {result['seconds']:.1f}s"
     )
     assert result["status"] == 200
     assert result["end"] > busy_end, "the maximal request ended before the small ones"

@@ -54,6 +54,7 @@ class TransformersGenBackend(GenBackend):
         max_context_tokens: int | None = None,
         batch_wait_s: float = 0.002,
         max_batch_tokens: int | None = None,
+        max_window_tokens: int | None = None,
         tokenizer: Any = None,
         model: Any = None,
     ) -> None:
@@ -82,6 +83,11 @@ class TransformersGenBackend(GenBackend):
             per_batch = 4 if str(self.device).startswith("cuda") else 1
             max_batch_tokens = per_batch * self.max_context_tokens
         self.max_batch_tokens = max_batch_tokens
+        if max_window_tokens is not None and max_window_tokens < 64:
+            raise ValueError("max_window_tokens must be >= 64")
+        # Content tokens per window (default: what the context leaves). Smaller windows hold
+        # the model for less time each: the most a small request waits behind a long one.
+        self.max_window_tokens = max_window_tokens
         self._batcher: MicroBatcher[list[int], str] = MicroBatcher(
             self._generate_batch, max_batch=max_batch_size, max_wait_s=batch_wait_s,
             name="qwen3guard-gen", cost=len, max_batch_cost=max_batch_tokens,
@@ -123,6 +129,8 @@ class TransformersGenBackend(GenBackend):
                 f"max_context_tokens={self.max_context_tokens} leaves no room for content "
                 f"(the template alone takes {overhead} tokens)"
             )
+        if self.max_window_tokens is not None:
+            budget = min(budget, self.max_window_tokens)
         return window_conversation(conversation, token_ends=self.encoder.token_ends, budget=budget)
 
     def close(self) -> None:

@@ -77,6 +77,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="most padded tokens in one Gen forward batch, so long windows cannot hold the model "
         "for long (default: one context on CPU, four on GPU)",
     )
+    limits.add_argument(
+        "--max-window-tokens",
+        type=int,
+        default=4096,
+        help="content tokens per window of a long input (default 4096, or less when the "
+        "context is smaller): a window's forward is the longest a small request waits behind "
+        "a long one",
+    )
     limits.add_argument("--max-stream-sessions", type=int, default=64)
     limits.add_argument(
         "--stream-idle-timeout",
@@ -150,6 +158,10 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.max_batch_size < 1:
         print("error: --max-batch-size must be >= 1", file=sys.stderr)
         return 2
+    # The Gen worker thread runs Python between its kernels (the decode loop): a shorter GIL
+    # switch interval lets request handling (parse, tokenize, reply) cut in sooner, so small
+    # requests are not slowed by a long one's forwards (5 ms is Python's default).
+    sys.setswitchinterval(0.0005)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -173,6 +185,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         max_batch_size=1 if args.no_batching else args.max_batch_size,
         max_batch_tokens=args.max_batch_tokens,
+        max_window_tokens=args.max_window_tokens,
     )
     stream = None
     if stream_model:
