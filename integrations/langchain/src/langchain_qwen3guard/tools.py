@@ -189,7 +189,7 @@ def _not_judgeable(result: Any) -> NoReturn:
     )
 
 
-def is_command(value: Any) -> bool:
+def is_command(value: object) -> bool:
     """A LangGraph ``Command`` (or any object of that name with an ``update``)."""
     try:
         from langgraph.types import Command
@@ -200,7 +200,7 @@ def is_command(value: Any) -> bool:
     return type(value).__name__ == "Command" and hasattr(value, "update")
 
 
-def command_update(command: Any) -> tuple[list[BaseMessage], dict[str, Any] | None]:
+def command_update(command: object) -> tuple[list[BaseMessage], dict[str, Any] | None]:
     """What a ``Command``'s update adds to the conversation: its messages (dicts and tuples
     made messages), and the rest of the update (``None`` when there is none), whose text the
     guard judges too. Messages that cannot be made messages stay in the rest, as values."""
