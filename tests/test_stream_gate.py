@@ -304,3 +304,24 @@ def test_no_prompt_gives_no_prompt_verdict_but_judges_the_answer(
         gate: StreamGate[str] = StreamGate.open(g, None)
         assert gate.prompt_decision.allowed and gate.prompt_decision.verdict is None
         gate.abort()
+
+
+# -- screening when nothing can judge --------------------------------------------------------
+
+
+def test_screening_with_no_gen_model_decides_each_item_fail_closed(guard: Qwen3Guard) -> None:
+    stream_only = Qwen3Guard(None, stream=guard.stream)
+    decisions = stream_only.screen_batch([("hello", "input"), ("", "input"), ("bomb", "output")])
+    assert [d.allowed for d in decisions] == [False, True, False]
+    assert isinstance(decisions[0].error, GuardUnavailableError)
+    assert stream_only.screen("hello").blocked
+    open_policy = Policy(fail_open=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert stream_only.screen("hello", policy=open_policy).allowed
+
+
+async def test_async_screening_with_no_gen_model_is_fail_closed(guard: Qwen3Guard) -> None:
+    stream_only = Qwen3Guard(None, stream=guard.stream)
+    assert (await stream_only.ascreen("hello")).blocked
+    assert [d.allowed for d in await stream_only.ascreen_batch([("a", "input")])] == [False]

@@ -10,7 +10,13 @@ from .errors import (
     Qwen3GuardViolation,
     UnsafeContentError,
 )
-from .guard import Qwen3Guard, get_default_guard, set_default_guard
+from .guard import (
+    Qwen3Guard,
+    could_not_judge,
+    get_default_guard,
+    raise_if_blocked,
+    set_default_guard,
+)
 from .policy import DEFAULT_REFUSAL_MESSAGE, METADATA_KEY, Decision, Policy, Surface, SurfaceRule
 from .stream.gate import GateStep, StreamGate
 from .stream.session import StreamBackend, StreamSession
@@ -45,8 +51,10 @@ __all__ = [
     "TokenVerdict",
     "UnsafeContentError",
     "Verdict",
+    "could_not_judge",
     "get_default_guard",
     "parse_gen_output",
+    "raise_if_blocked",
     "set_default_guard",
     "__version__",
 ]

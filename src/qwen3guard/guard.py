@@ -11,11 +11,11 @@ Sync and async forms share their logic: the async ones differ only in how they w
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from .errors import GuardUnavailableError, InvalidInputError
+from .defaults import get_default_guard, set_default_guard
+from .errors import GuardOutputError, GuardUnavailableError, InvalidInputError
 from .gen.base import GenBackend
 from .plans import (
     BatchPlan,
@@ -37,27 +37,6 @@ __all__ = ["Conversation", "Qwen3Guard", "could_not_judge", "get_default_guard",
 
 DEFAULT_GEN_MODEL = "Qwen/Qwen3Guard-Gen-0.6B"
 DEFAULT_STREAM_MODEL = "Qwen/Qwen3Guard-Stream-0.6B"
-
-_default_guard: Qwen3Guard | None = None
-_default_lock = threading.Lock()
-
-
-def get_default_guard() -> Qwen3Guard:
-    """The process-wide guard that integrations use when none is passed: built once, from the
-    environment (:meth:`Qwen3Guard.from_env`). Loading a model per object would be wasteful."""
-    global _default_guard
-    with _default_lock:
-        if _default_guard is None:
-            _default_guard = Qwen3Guard.from_env()
-        return _default_guard
-
-
-def set_default_guard(guard: Qwen3Guard | None) -> None:
-    """Replace (or with ``None`` forget) the process-wide default guard."""
-    global _default_guard
-    with _default_lock:
-        _default_guard = guard
-
 
 class Qwen3Guard:
     def __init__(
@@ -252,7 +231,7 @@ class Qwen3Guard:
         "nothing to judge"."""
         plan = ScreenPlan(self.policy, [(messages, surface)], policy, strict_input=True)
         if plan.convs:
-            plan.results = self.check_batch(plan.convs, return_exceptions=True)
+            plan.results = self._judge_all(plan.convs)
         return plan.finish()[0]
 
     async def ascreen(
@@ -264,7 +243,7 @@ class Qwen3Guard:
     ) -> Decision:
         plan = ScreenPlan(self.policy, [(messages, surface)], policy, strict_input=True)
         if plan.convs:
-            plan.results = await self.acheck_batch(plan.convs, return_exceptions=True)
+            plan.results = await self._ajudge_all(plan.convs)
         return plan.finish()[0]
 
     def screen_batch(
@@ -281,7 +260,7 @@ class Qwen3Guard:
         """
         plan = ScreenPlan(self.policy, items, policy, strict_input=False)
         if plan.convs:
-            plan.results = self.check_batch(plan.convs, return_exceptions=True)
+            plan.results = self._judge_all(plan.convs)
         return plan.finish()
 
     async def ascreen_batch(
@@ -292,7 +271,7 @@ class Qwen3Guard:
     ) -> list[Decision]:
         plan = ScreenPlan(self.policy, items, policy, strict_input=False)
         if plan.convs:
-            plan.results = await self.acheck_batch(plan.convs, return_exceptions=True)
+            plan.results = await self._ajudge_all(plan.convs)
         return plan.finish()
 
     def enforce(
@@ -380,6 +359,18 @@ class Qwen3Guard:
         self.close()
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _judge_all(self, convs: list[Any]) -> list[Verdict | Exception]:
+        try:  # a guard that cannot judge at all fails each item (decided per item, fail-closed)
+            return self.check_batch(convs, return_exceptions=True)
+        except (GuardUnavailableError, GuardOutputError) as exc:
+            return [exc] * len(convs)
+
+    async def _ajudge_all(self, convs: list[Any]) -> list[Verdict | Exception]:
+        try:
+            return await self.acheck_batch(convs, return_exceptions=True)
+        except (GuardUnavailableError, GuardOutputError) as exc:
+            return [exc] * len(convs)
 
     def _require_gen(self) -> GenBackend:
         if self.gen is None:

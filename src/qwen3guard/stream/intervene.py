@@ -72,7 +72,7 @@ class Attempt:
     """One try: the first answer (``number`` 0) or a regeneration from ``kept``."""
 
     number: int
-    kept: str
+    kept: str  # the answer kept from before; ``len(kept)`` is the rollback point
     text: str = ""  # what this try produced after ``kept``
     flagged: bool = False
     flag_offset: int | None = None  # in the whole answer (kept + text)
@@ -180,18 +180,21 @@ def intervene(
     instruction: str = DEFAULT_INSTRUCTION,
     refusal: str = DEFAULT_REFUSAL_MESSAGE,
     record: Intervention | None = None,
+    check_prompt: bool = True,
     **session_options: Any,
 ) -> Iterator[str]:
     """Yield the released text of a moderated answer, regenerating flagged continuations (see
     the module docstring). A blocked prompt raises :class:`UnsafeContentError` before the
-    first chunk is read."""
+    first chunk is read, unless ``check_prompt`` is False (the prompt is then only the context
+    the answer is judged in; its decision is the caller's, in ``gate.prompt_decision``)."""
     gate: StreamGate[str] = StreamGate.open(
         guard, prompt_messages, policy=policy, buffer_tokens=buffer_tokens, keep_on_flag=True,
         **session_options,
     )
     source: Iterator[str] = iter(first)
     try:
-        _prompt_check(gate, prompt_messages)
+        if check_prompt:
+            _prompt_check(gate, prompt_messages)
         loop = _Loop(gate, record if record is not None else Intervention(),
                      max_retries=max_retries, instruction=instruction, refusal=refusal)
         while True:
@@ -232,6 +235,7 @@ async def aintervene(
     instruction: str = DEFAULT_INSTRUCTION,
     refusal: str = DEFAULT_REFUSAL_MESSAGE,
     record: Intervention | None = None,
+    check_prompt: bool = True,
     **session_options: Any,
 ) -> AsyncIterator[str]:
     """The async form of :func:`intervene`; cancelling it closes the LLM's stream."""
@@ -241,7 +245,8 @@ async def aintervene(
     )
     source: AsyncIterator[str] = aiter(first)
     try:
-        _prompt_check(gate, prompt_messages)
+        if check_prompt:
+            _prompt_check(gate, prompt_messages)
         loop = _Loop(gate, record if record is not None else Intervention(),
                      max_retries=max_retries, instruction=instruction, refusal=refusal)
         while True:
