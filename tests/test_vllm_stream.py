@@ -173,9 +173,11 @@ def test_submit_every_k_tokens_batches_requests_and_settles_only_judged_text(
     f0 = vllm_backend.forwards_run
     session = vllm_backend.open_session(prompt, record_logits=True, submit_every=16)
     assert session.submit_every == 16
+    judged = 0  # characters of the answer covered by the token verdicts received so far
     for c in chunks:
         update = session.feed_text(c)
-        assert update.settled_offset <= session._scored_end  # never past unjudged text
+        judged += sum(len(t.text) for t in update.token_verdicts)
+        assert update.settled_offset <= judged  # never past text that was not judged
         if session.pending_tokens:
             assert update.metadata["pending_tokens"] == session.pending_tokens
     final = session.close()
