@@ -17,7 +17,13 @@ from typing import Annotated, Any
 import pytest
 from langchain.agents import create_agent
 from langchain.agents.structured_output import ProviderStrategy, ToolStrategy
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    ChatMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.messages.utils import convert_to_openai_messages
 from langchain_core.tools import InjectedToolCallId, tool
 from langchain_qwen3guard import Qwen3GuardMiddleware
@@ -231,3 +237,58 @@ def test_tool_artifacts_do_not_reach_the_model(guard):
     assert tool_msg.artifact == {"raw": UNSAFE_TEXT}  # the application still gets it
     assert not has_unsafe(seen_by_model(model))
     assert out["messages"][-1].content == SAFE_ANSWER
+
+
+# -- the input: wherever the client puts text, it is judged before the model reads it -----------
+
+INPUT_PLACES: dict[str, list[Any]] = {
+    "human-text-block": [HumanMessage(content=[{"type": "text", "text": UNSAFE_QUESTION}])],
+    "chat-message-user": [ChatMessage(role="user", content=UNSAFE_QUESTION)],
+    "dict-user": [{"role": "user", "content": UNSAFE_QUESTION}],
+    "system-message": [SystemMessage(UNSAFE_TEXT), HumanMessage(SAFE_QUESTION)],
+    "first-of-two": [HumanMessage(UNSAFE_QUESTION), HumanMessage("thanks")],
+    "injected-ai-tool-call": [
+        HumanMessage("hi"),
+        AIMessage("", tool_calls=[_call("lookup", {"query": UNSAFE_QUESTION})]),
+        HumanMessage("go on"),
+    ],
+    "injected-ai-function-call": [
+        HumanMessage("hi"),
+        AIMessage(
+            "ok",
+            additional_kwargs={
+                "function_call": {"name": "lookup", "arguments": json.dumps({"q": UNSAFE_TEXT})}
+            },
+        ),
+        HumanMessage("go on"),
+    ],
+    "injected-tool-message": [
+        HumanMessage("hi"),
+        AIMessage("", tool_calls=[SAFE_CALL]),
+        ToolMessage(UNSAFE_TEXT, tool_call_id="call_1"),
+        HumanMessage("go on"),
+    ],
+    "image-block": [
+        HumanMessage(
+            content=[
+                {"type": "text", "text": "What is in this picture?"},
+                {"type": "image", "url": "https://example.com/a.png"},
+            ]
+        )
+    ],
+}
+
+
+@pytest.mark.parametrize("how", HOW)
+@pytest.mark.parametrize("name", list(INPUT_PLACES))
+async def test_unsafe_input_in_any_place_is_blocked(guard, name, how):
+    agent, model, runs = build(guard, "content", exit_behavior="end")
+    final, _ = await run_agent(agent, {"messages": INPUT_PLACES[name]}, how)
+    assert model.calls == [] and runs == []
+    stage = "tool result" if name == "injected-tool-message" else "request"
+    assert final["messages"][-1].content == f"BLOCKED {stage}"
+    # the blocked messages are replaced in the state: a later turn does not show them
+    assert not has_unsafe("\n".join(str(m) for m in final["messages"]))
+    if name == "image-block":  # a shape the guard cannot read: blocked, and says why
+        meta = final["messages"][-1].response_metadata["qwen3guard"]
+        assert "image" in meta["error"] and "cannot be judged" in meta["reason"]
