@@ -56,8 +56,8 @@ def _install_shims() -> None:
 
         return load_stream_model(path, dtype=torch.float32)
 
-    setattr(transformers.AutoModelForCausalLM, "from_pretrained", load_causal)
-    setattr(transformers.AutoModel, "from_pretrained", load_stream)
+    transformers.AutoModelForCausalLM.from_pretrained = load_causal  # type: ignore[method-assign,assignment]
+    transformers.AutoModel.from_pretrained = load_stream  # type: ignore[method-assign,assignment]
 
 
 class _LabelMap(dict[Any, Any]):
