@@ -8,19 +8,21 @@ Shaped like ``langchain_openai``'s ``OpenAIModerationMiddleware``. What is judge
   only the last user message: each user-authored message (``HumanMessage``,
   ``ChatMessage(role="user")``, a ``{"role": "user"}`` dict), a system message, and an AI or tool
   message the client put in the input, each on its own (all texts it holds: content blocks,
-  reasoning, tool calls, ``additional_kwargs``), and, when there are several, all of them as
-  one conversation (a request split over several messages). A message the guard cannot read (an
-  image block, a lone surrogate) is blocked with the reason.
+  reasoning, tool calls, ``additional_kwargs``), and the new user-authored ones together, after
+  the last few user turns already judged (a request split over messages or turns). A message the
+  guard cannot read (an image block, a lone surrogate) is blocked with the reason.
 - ``check_output`` (``wrap_model_call``, before the answer enters the agent's state): the
-  answer's text is moderated *while it streams* (the model runs wrapped in
-  :class:`Qwen3GuardChatModel`, whose streaming gate is the core's, so even
+  answer (text and reasoning) is moderated *while it streams* (the model runs wrapped in
+  :class:`Qwen3GuardChatModel`, whose streaming gate is the core's ``StreamGate``, so even
   ``stream_mode="messages"`` clients only see moderated chunks), or with
-  ``stream_output=False`` judged whole after the call; its reasoning, and the structured output
-  of ``response_format=`` (``ToolStrategy`` and ``ProviderStrategy``), are judged whole.
+  ``stream_output=False`` judged whole before any of it is passed on (the model then runs
+  unstreamed; a streaming client gets the answer in one piece once it is allowed). The
+  structured output of ``response_format=`` (``ToolStrategy`` and ``ProviderStrategy``) is
+  judged too, on ``output``.
 - ``check_tool_calls``: each tool call the model emits (parsed or invalid, or in
-  ``additional_kwargs``) is judged before the answer enters the state (surface ``tool_call``),
-  and again before the tool runs (``wrap_tool_call``; a call already judged is not judged
-  twice): a blocked call never runs.
+  ``additional_kwargs``) is judged with the answer, before it enters the state (surface
+  ``tool_call``), and before the tool runs (``wrap_tool_call``) unless it is, unchanged, a call
+  of a recorded answer: a blocked call never runs.
 - ``check_tool_results`` (``wrap_tool_call``): a tool's result before the model reads it: a
   ``ToolMessage``, or every message and any other text in the update of a LangGraph
   ``Command`` the tool returned. A tool's *artifact* (``response_format="content_and_artifact"``)
@@ -43,8 +45,10 @@ another key judges them once more (pass the same ``record_key`` to every worker 
   ``input``, ``output``, ``tool_call``, ``tool_result``; ``verdict``; ``decision``; ``content``);
 - ``"end"``: end the run with an AI message carrying the violation message. Blocked input
   messages are replaced in the state by the violation message (the next turn of the thread does
-  not show them to the model); a blocked answer is replaced by it; a blocked tool call or result
-  becomes a tool message with it, and the run ends before the model is called again;
+  not show them to the model); a blocked answer, or an answer whose tool call is blocked, is
+  replaced by it (the call never runs, its arguments never enter the state); a tool call blocked
+  before it runs, or a blocked result, becomes a tool message with it, and the run ends before
+  the model is called again;
 - ``"replace"``: put the violation message in place of the blocked content and carry on (the
   input message, or the tool message the model will read); a blocked answer ends the run as
   with ``"end"``.
