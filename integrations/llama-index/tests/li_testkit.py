@@ -12,6 +12,9 @@ from typing import Any
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.base.llms.types import (
     ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
     CompletionResponse,
     CompletionResponseAsyncGen,
     CompletionResponseGen,
@@ -22,7 +25,7 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.llms import CustomLLM
-from llama_index.core.llms.callbacks import llm_completion_callback
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
@@ -199,3 +202,137 @@ class Script:
 
     def tool_messages(self) -> list[str]:
         return [m.content or "" for call in self.calls for m in call if m.role == MessageRole.TOOL]
+
+
+class SequenceLLM(CustomLLM):
+    """An LLM that answers each call with the next of ``answers`` (the last one repeats),
+    streamed one word at a time, as a chat model (it is given chat messages) or a
+    completion model (``chat_model=False``). ``calls`` records, per call, what it was given (``messages`` or
+    ``prompt``), how many chunks it yielded, and whether its stream was closed before the end."""
+
+    answers: list[str] = Field(default_factory=list)
+    chat_model: bool = True
+    calls: list[dict[str, Any]] = Field(default_factory=list)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SequenceLLM"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(
+            model_name="sequence",
+            num_output=256,
+            context_window=8192,
+            is_chat_model=self.chat_model,
+        )
+
+    def _next(self, **given: Any) -> tuple[dict[str, Any], list[str]]:
+        answer = self.answers[min(len(self.calls), len(self.answers) - 1)]
+        call = {**given, "yielded": 0, "finished": False, "closed": False}
+        self.calls.append(call)
+        return call, split_tokens(answer)
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        call, tokens = self._next(prompt=prompt)
+        call["finished"] = True
+        return CompletionResponse(text="".join(tokens))
+
+    @llm_completion_callback()
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseGen:
+        call, tokens = self._next(prompt=prompt)
+
+        def gen() -> CompletionResponseGen:
+            text = ""
+            try:
+                for tok in tokens:
+                    text += tok
+                    call["yielded"] += 1
+                    yield CompletionResponse(text=text, delta=tok)
+                call["finished"] = True
+            finally:
+                call["closed"] = not call["finished"]
+
+        return gen()
+
+    @llm_completion_callback()
+    async def acomplete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponse:
+        return self.complete(prompt, formatted=formatted)
+
+    @llm_completion_callback()
+    async def astream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseAsyncGen:
+        call, tokens = self._next(prompt=prompt)
+
+        async def gen() -> CompletionResponseAsyncGen:
+            text = ""
+            try:
+                for tok in tokens:
+                    await asyncio.sleep(0)
+                    text += tok
+                    call["yielded"] += 1
+                    yield CompletionResponse(text=text, delta=tok)
+                call["finished"] = True
+            finally:
+                call["closed"] = not call["finished"]
+
+        return gen()
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        call, tokens = self._next(messages=list(messages))
+        call["finished"] = True
+        return ChatResponse(
+            message=ChatMessage(role=MessageRole.ASSISTANT, content="".join(tokens))
+        )
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        call, tokens = self._next(messages=list(messages))
+
+        def gen() -> ChatResponseGen:
+            text = ""
+            try:
+                for tok in tokens:
+                    text += tok
+                    call["yielded"] += 1
+                    yield ChatResponse(
+                        message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=tok
+                    )
+                call["finished"] = True
+            finally:
+                call["closed"] = not call["finished"]
+
+        return gen()
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return self.chat(messages)
+
+    @llm_chat_callback()
+    async def astream_chat(
+        self, messages: Sequence[ChatMessage], **kwargs: Any
+    ) -> ChatResponseAsyncGen:
+        call, tokens = self._next(messages=list(messages))
+
+        async def gen() -> ChatResponseAsyncGen:
+            text = ""
+            try:
+                for tok in tokens:
+                    await asyncio.sleep(0)
+                    text += tok
+                    call["yielded"] += 1
+                    yield ChatResponse(
+                        message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=tok
+                    )
+                call["finished"] = True
+            finally:
+                call["closed"] = not call["finished"]
+
+        return gen()

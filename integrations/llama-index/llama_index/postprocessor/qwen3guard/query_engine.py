@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Generator, Iterator
+from typing import Any, Literal
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.response.schema import (
@@ -19,9 +19,16 @@ from llama_index.core.schema import QueryBundle
 
 from qwen3guard import DEFAULT_REFUSAL_MESSAGE, METADATA_KEY, Decision, Policy, Qwen3Guard, Surface
 from qwen3guard.guard import raise_if_blocked
+from qwen3guard.stream.intervene import (
+    DEFAULT_BUFFER_TOKENS,
+    DEFAULT_INSTRUCTION,
+    DEFAULT_MAX_RETRIES,
+    Intervention,
+    aintervene,
+    intervene,
+)
 
 from ._common import (
-    ExitBehavior,
     Messages,
     check_exit_behavior,
     check_hold_back,
@@ -29,7 +36,24 @@ from ._common import (
     response_turns,
     user_turn,
 )
+from ._regenerate import (
+    Continuation,
+    LLMCall,
+    Request,
+    acaptured,
+    astream_continuation,
+    capture_llm_call,
+    captured,
+    check_continuation,
+    continuation_request,
+    last_flag,
+    resolve_continuation,
+    stream_continuation,
+    summary,
+)
 from ._stream import Moderation, amoderate_text, empty_text, moderate_text
+
+OnUnsafe = Literal["error", "replace", "regenerate"]
 
 
 class Qwen3GuardQueryEngine(BaseQueryEngine):
@@ -52,6 +76,20 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
     and why (:meth:`qwen3guard.Decision.to_dict`). A safe complete answer is returned unchanged.
     ``policy`` overrides the guard's policy for this engine.
 
+    ``exit_behavior="regenerate"`` (``on_unsafe`` is another name for ``exit_behavior``, as in
+    the LangChain integration) rolls a flagged answer back and has the LLM continue it instead
+    (the core :func:`qwen3guard.stream.intervene.intervene`): the answer, streamed or not, is
+    moderated by the Stream model; text reaches the reader once settled and ``buffer_tokens``
+    judged tokens behind the moderation head; on a flag the unreleased text is dropped from
+    the start of the flagged sentence, the LLM's stream is closed, and the LLM the wrapped
+    engine used (``llm`` overrides it) is asked to continue the kept prefix with the request
+    the wrapped engine made (``continuation``: ``"prefill"``, ``"instruction"`` or ``"auto"``;
+    ``instruction`` is the corrective template with ``{categories}`` and ``{kept}``), at most
+    ``max_retries`` times; then the answer ends with ``violation_message``. The reader gets
+    one answer (the kept prefix and the continuation) and no character of a flagged span;
+    ``metadata["qwen3guard"]["intervention"]`` has the retries and the flag decisions. A
+    blocked query is answered as with ``"replace"``.
+
     ``hold_back_tokens`` (the LangChain integration's name) and ``hold_back_chunks`` (its
     former name here) are deprecated and have no effect: the gate holds back exactly the text
     that is not settled.
@@ -65,18 +103,32 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
         policy: Policy | None = None,
         check_query: bool = True,
         check_response: bool = True,
-        exit_behavior: ExitBehavior = "error",
+        exit_behavior: OnUnsafe | None = None,
         violation_message: str = DEFAULT_REFUSAL_MESSAGE,
         hold_back_tokens: int | None = None,
         hold_back_chunks: int | None = None,
         callback_manager: CallbackManager | None = None,
+        on_unsafe: OnUnsafe | None = None,
+        buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        instruction: str = DEFAULT_INSTRUCTION,
+        continuation: Continuation = "auto",
+        llm: Any | None = None,
     ) -> None:
         self._query_engine = query_engine
         self._guard = guard
         self.policy: Policy | None = policy
         self.check_query = check_query
         self.check_response = check_response
-        self.exit_behavior: ExitBehavior = check_exit_behavior(exit_behavior)
+        self.exit_behavior: OnUnsafe = _on_unsafe(exit_behavior, on_unsafe)
+        for name, value in (("buffer_tokens", buffer_tokens), ("max_retries", max_retries)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, not {value!r}")
+        self.buffer_tokens = buffer_tokens
+        self.max_retries = max_retries
+        self.instruction = instruction
+        self.continuation: Continuation = check_continuation(continuation)
+        self.llm = llm
         self.violation_message = violation_message
         check_hold_back(hold_back_tokens=hold_back_tokens, hold_back_chunks=hold_back_chunks)
         super().__init__(callback_manager=callback_manager or query_engine.callback_manager)
@@ -106,7 +158,10 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
             decision = self.guard.screen(msgs, Surface.INPUT, policy=self.policy)
             if decision.blocked:
                 return self._blocked_query(decision, query)
-        response = self._query_engine.query(query_bundle)
+        with capture_llm_call() as call:
+            response = self._query_engine.query(query_bundle)
+        if self._regenerates(response):
+            return self._regenerate(response, query, call)
         if (answer := self._answer_messages(response, query)) is None:
             return self._guard_stream(response, query)
         decision = self.guard.screen(answer, Surface.OUTPUT, policy=self.policy)
@@ -118,7 +173,10 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
             decision = await self.guard.ascreen(msgs, Surface.INPUT, policy=self.policy)
             if decision.blocked:
                 return self._blocked_query(decision, query)
-        response = await self._query_engine.aquery(query_bundle)
+        with capture_llm_call() as call:
+            response = await self._query_engine.aquery(query_bundle)
+        if self._regenerates(response):
+            return await self._aregenerate(response, query, call)
         if (answer := self._answer_messages(response, query)) is None:
             return self._guard_stream(response, query)
         decision = await self.guard.ascreen(answer, Surface.OUTPUT, policy=self.policy)
@@ -215,6 +273,200 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
             )
             return guarded
         return response
+
+    # -- roll back and regenerate -------------------------------------------------------------
+
+    def _regenerates(self, response: Any) -> bool:
+        """Whether ``response`` is moderated by the regenerate loop (a structured answer is
+        judged whole, and replaced when blocked)."""
+        if self.exit_behavior != "regenerate" or not self.check_response:
+            return False
+        if isinstance(response, PydanticResponse):
+            return False
+        policy = self.policy if self.policy is not None else self.guard.policy
+        return policy.is_enabled(Surface.OUTPUT)
+
+    def _loop_options(self, record: Intervention) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "buffer_tokens": self.buffer_tokens,
+            "max_retries": self.max_retries,
+            "instruction": self.instruction,
+            "refusal": self.violation_message,
+            "record": record,
+            "check_prompt": False,  # the query was judged (or not, by choice) before
+        }
+
+    def _continuer(self, call: LLMCall, query: str) -> tuple[Any, Any]:
+        """The LLM to continue with, and ``(kept, instruction) -> Request``."""
+        llm = self.llm if self.llm is not None else call.llm
+        if llm is None:
+            llm = _engine_llm(self._query_engine)
+        if llm is None:
+            raise ValueError(
+                "on_unsafe='regenerate': the wrapped query engine's LLM is not known; pass "
+                "llm= to Qwen3GuardQueryEngine"
+            )
+
+        def request(kept: str, instruction: str) -> Request:
+            # resolved at the first retry: a streaming synthesizer calls its LLM lazily
+            chat = call.prompt is None or call.messages is not None
+            mode = resolve_continuation(llm, self.continuation, chat=chat)
+            return continuation_request(call, query, kept, instruction, mode)
+
+        return llm, request
+
+    def _regenerate(self, response: Any, query: str, call: LLMCall) -> RESPONSE_TYPE:
+        prompt = user_turn(query) if query.strip() else None
+        llm, request = self._continuer(call, query)
+        record = Intervention()
+
+        def again(kept: str, instruction: str) -> Iterator[str]:
+            return stream_continuation(llm, request(kept, instruction))
+
+        if (
+            isinstance(response, StreamingResponse)
+            and response.response_gen is not None
+            and response.response_txt is None
+        ):
+            upstream = captured(response.response_gen, call)
+            sync = StreamingResponse(
+                response_gen=empty_text(),
+                source_nodes=response.source_nodes,
+                metadata=response.metadata,
+                response_txt=None,
+            )
+
+            def released() -> Generator[str, None, None]:
+                try:
+                    yield from intervene(
+                        self.guard, prompt, upstream, again, **self._loop_options(record)
+                    )
+                finally:
+                    _record_intervention(sync, record)
+
+            sync.response_gen = released()
+            return sync
+        text = (
+            response.response_txt or ""
+            if isinstance(response, StreamingResponse)
+            else _text_of(response)
+        )
+        if not text.strip():
+            return response
+        answer = "".join(intervene(self.guard, prompt, [text], again, **self._loop_options(record)))
+        return self._regenerated(response, answer, record)
+
+    async def _aregenerate(self, response: Any, query: str, call: LLMCall) -> RESPONSE_TYPE:
+        prompt = user_turn(query) if query.strip() else None
+        llm, request = self._continuer(call, query)
+        record = Intervention()
+
+        def again(kept: str, instruction: str) -> AsyncIterator[str]:
+            return astream_continuation(llm, request(kept, instruction))
+
+        if isinstance(response, AsyncStreamingResponse):
+            upstream = acaptured(response.response_gen, call)
+
+            async def released() -> AsyncIterator[str]:
+                try:
+                    async for text in aintervene(
+                        self.guard, prompt, upstream, again, **self._loop_options(record)
+                    ):
+                        yield text
+                finally:
+                    _record_intervention(guarded, record)
+
+            guarded = AsyncStreamingResponse(
+                response_gen=released(),  # type: ignore[arg-type]
+                source_nodes=response.source_nodes,
+                metadata=response.metadata,
+            )
+            return guarded
+        if isinstance(response, StreamingResponse) and response.response_txt is None:
+            # a sync stream from an async query: consumed here, then judged whole
+            response.get_response()
+        text = (
+            response.response_txt or ""
+            if isinstance(response, StreamingResponse)
+            else _text_of(response)
+        )
+        if not text.strip():
+            return response
+        answer = "".join(
+            [
+                t
+                async for t in aintervene(
+                    self.guard, prompt, _one(text), again, **self._loop_options(record)
+                )
+            ]
+        )
+        return self._regenerated(response, answer, record)
+
+    def _regenerated(self, response: Any, answer: str, record: Intervention) -> RESPONSE_TYPE:
+        """A complete answer after the loop: unchanged when nothing was flagged."""
+        if not any(a.flagged for a in record.attempts):
+            return response
+        out: Any
+        if isinstance(response, StreamingResponse):
+            out = StreamingResponse(
+                response_gen=empty_text(),
+                source_nodes=list(response.source_nodes),
+                metadata=dict(response.metadata or {}),
+                response_txt=answer,
+            )
+        else:
+            out = Response(
+                answer,
+                source_nodes=list(response.source_nodes),
+                metadata=dict(response.metadata or {}),
+            )
+        _record_intervention(out, record)
+        return out
+
+
+def _on_unsafe(exit_behavior: str | None, on_unsafe: str | None) -> OnUnsafe:
+    if exit_behavior is not None and on_unsafe is not None and exit_behavior != on_unsafe:
+        raise ValueError(
+            f"on_unsafe={on_unsafe!r} and exit_behavior={exit_behavior!r} "
+            "disagree: give one of them"
+        )
+    value = on_unsafe if on_unsafe is not None else exit_behavior or "error"
+    if value == "regenerate":
+        return "regenerate"
+    try:
+        return check_exit_behavior(value)
+    except ValueError:
+        raise ValueError(
+            f"exit_behavior must be 'error', 'replace' or 'regenerate', not {value!r}"
+        ) from None
+
+
+def _engine_llm(engine: Any) -> Any:
+    """The LLM of a wrapped engine's response synthesizer, where it has one."""
+    synth = getattr(engine, "_response_synthesizer", None)
+    return getattr(synth, "_llm", None)
+
+
+async def _one(text: str) -> AsyncIterator[str]:
+    yield text
+
+
+def _record_intervention(response: Any, record: Intervention) -> None:
+    """Write what the regenerate loop did to the response's metadata (when a try was flagged;
+    never the flagged text)."""
+    if not any(a.flagged for a in record.attempts):
+        return
+    if response.metadata is None:
+        response.metadata = {}
+    entry = dict(response.metadata.get(METADATA_KEY) or {})
+    entry["intervention"] = summary(record)
+    if record.refused:
+        entry["blocked"] = "output"
+        decision = last_flag(record)
+        if decision is not None:
+            entry["output"] = decision.to_dict()
+    response.metadata[METADATA_KEY] = entry
 
 
 def _text_of(response: Any) -> str:
