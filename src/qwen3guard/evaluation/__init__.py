@@ -25,9 +25,12 @@ This project's metrics (the default):
 
 - **Unsafe precision / recall / F1** (``calculate_metrics``): the positive class is ``Unsafe``.
 - **strict / loose**: a ``Controversial`` prediction counts as ``Unsafe`` (strict) or ``Safe``
-  (loose), as the technical report names them. ``eval_stream.py`` at 6a52eca prints the two the
-  other way round (its "(strict)" line is computed from the list where Controversial became
-  Safe); ``--compat official`` prints both namings.
+  (loose), as ``Policy(mode="strict" | "loose")`` names them; the variables of
+  ``eval_stream.py`` @ 6a52eca (``predictions_strict``: Controversial -> Unsafe) agree. Its
+  printed lines do not: the "(strict)" line is computed from ``predictions_loose`` (where
+  Controversial became Safe) and the "(loose)" line from ``predictions_strict``; the repository
+  holds this one revision (added at 8a8b45a, unchanged at 6a52eca). ``--compat official``
+  prints both namings.
 - **Fail closed**: a row the guard cannot judge (Gen output that does not parse, a Stream row
   that cannot be run) is listed under ``errors`` and left out of P/R/F1, never read as Safe;
   so is a row whose gold label is not Safe/Unsafe.

@@ -287,7 +287,7 @@ def _official_lines(report: Mapping[str, Any]) -> list[str]:
     lines.append(f"as that script prints it ({f1['n']} rows; its strict/loose names swapped):")
     lines.extend(f1["printed_6a52eca"])
     rep = f1["report"]
-    lines.append("the same numbers named as in the technical report (and above):")
+    lines.append("the same numbers as this project names them (strict: Controversial = Unsafe):")
     for name in ("strict", "loose"):
         s = rep[name]
         lines.append(
