@@ -50,6 +50,7 @@ CELL_TIMEOUT_S = 300
 FIGURES = {
     "01_quickstart": ["01_token_risk.png"],
     "07_dataset_labeling": ["07_confusion_matrix.png"],
+    "10_roll_back_and_regenerate": ["10_roll_back_and_regenerate.png"],
 }
 # Servers a notebook starts write their pid here; they must be gone when it ends.
 SERVER_PIDFILES = {"06_remote_deployment": "06_server.pid", "09_stream_on_vllm": "09_server.pid"}
@@ -69,6 +70,7 @@ def test_the_cookbook_has_its_notebooks() -> None:
         "07_dataset_labeling",
         "08_rl_reward",
         "09_stream_on_vllm",
+        "10_roll_back_and_regenerate",
     } <= names
 
 
