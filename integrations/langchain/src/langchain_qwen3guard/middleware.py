@@ -51,7 +51,18 @@ another key judges them once more (pass the same ``record_key`` to every worker 
   the model is called again;
 - ``"replace"``: put the violation message in place of the blocked content and carry on (the
   input message, or the tool message the model will read); a blocked answer ends the run as
-  with ``"end"``.
+  with ``"end"``;
+- ``"regenerate"`` (issue 13): the agent's model runs as
+  ``guard_chat_model(model, guard, on_unsafe="regenerate", ...)`` (see
+  :mod:`langchain_qwen3guard._regenerate`): a flagged answer is rolled back to the start of the
+  flagged sentence and the model continues the kept prefix (``buffer_tokens``, ``max_retries``,
+  ``instruction``, ``continuation``), so the reader gets one clean answer; retries, closing the
+  abandoned tries' streams and keeping their tokens from ``stream_mode="messages"`` are that
+  code's. The model sees the request's system prompt, so the answer is judged against it too.
+  The middleware does not judge that answer again. An answer still unsafe after
+  ``max_retries``, or whose tool call is blocked, ends the run with the violation message, as
+  with ``"end"``; so do blocked input, tool calls and tool results. With
+  ``stream_output=False`` the regenerated answer is passed on whole, once it is done.
 
 Every hook has its async form; they share one core and differ only in how they wait for the
 guard (awaited in the async forms: the event loop is never blocked).
@@ -99,8 +110,14 @@ from qwen3guard.content import (
     tool_call_conversation,
     tool_result_conversation,
 )
+from qwen3guard.stream.intervene import (
+    DEFAULT_BUFFER_TOKENS,
+    DEFAULT_INSTRUCTION,
+    DEFAULT_MAX_RETRIES,
+)
 
 from ._convert import format_violation, message_content
+from ._regenerate import Continuation, RegenerateRules
 from .chat_model import Qwen3GuardChatModel
 from .tools import command_update, is_command
 
@@ -124,7 +141,7 @@ if TYPE_CHECKING:
     from langgraph.runtime import Runtime
     from langgraph.types import Command
 
-ExitBehavior = Literal["error", "end", "replace"]
+ExitBehavior = Literal["error", "end", "replace", "regenerate"]
 Conversation = list[dict[str, str]]
 Item = tuple[Conversation, Surface]
 
@@ -162,6 +179,10 @@ class Qwen3GuardMiddleware(AgentMiddleware[Qwen3GuardState, Any]):
         record_key: bytes | None = None,
         hold_back_tokens: int | None = None,
         holdback_tokens: int | None = None,
+        buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        instruction: str = DEFAULT_INSTRUCTION,
+        continuation: Continuation = "auto",
     ) -> None:
         """
         Args:
@@ -170,7 +191,8 @@ class Qwen3GuardMiddleware(AgentMiddleware[Qwen3GuardState, Any]):
             check_input / check_output / check_tool_calls / check_tool_results: what to judge.
             stream_output: moderate the answer while it is generated (through a Stream
                 session, in ``wrap_model_call``) rather than judging it whole afterwards.
-            exit_behavior: ``"error"``, ``"end"`` or ``"replace"`` (see the module docstring).
+            exit_behavior: ``"error"``, ``"end"``, ``"replace"`` or ``"regenerate"`` (see the
+                module docstring).
             violation_message: template of the violation message; may use ``{stage}``,
                 ``{categories}``, ``{risk}``, ``{reason}``.
             record_key: the key of the record of judged messages (random per middleware when
@@ -178,6 +200,12 @@ class Qwen3GuardMiddleware(AgentMiddleware[Qwen3GuardState, Any]):
             hold_back_tokens / holdback_tokens: deprecated, no effect: what a streamed answer
                 holds back is decided by the core :class:`qwen3guard.StreamGate` (only text
                 the guard has settled is passed on).
+            buffer_tokens / max_retries / instruction / continuation: with
+                ``exit_behavior="regenerate"``, the options of
+                :class:`~langchain_qwen3guard.Qwen3GuardChatModel` of the same names (how far
+                the released text stays behind the moderation head, how many continuations at
+                most, the corrective instruction template, ``"auto"`` / ``"prefill"`` /
+                ``"instruction"``).
         """
         super().__init__()
         if hold_back_tokens is not None or holdback_tokens is not None:
@@ -187,10 +215,21 @@ class Qwen3GuardMiddleware(AgentMiddleware[Qwen3GuardState, Any]):
                 DeprecationWarning,
                 stacklevel=2,
             )
-        if exit_behavior not in ("error", "end", "replace"):
+        if exit_behavior not in ("error", "end", "replace", "regenerate"):
             raise ValueError(
-                f"exit_behavior must be 'error', 'end' or 'replace', not {exit_behavior!r}"
+                "exit_behavior must be 'error', 'end', 'replace' or 'regenerate', not "
+                f"{exit_behavior!r}"
             )
+        if buffer_tokens < 0 or max_retries < 0:
+            raise ValueError("buffer_tokens and max_retries must not be negative")
+        if continuation not in ("auto", "prefill", "instruction"):
+            raise ValueError(
+                f"continuation must be 'auto', 'prefill' or 'instruction', not {continuation!r}"
+            )
+        self.buffer_tokens = buffer_tokens
+        self.max_retries = max_retries
+        self.instruction = instruction
+        self.continuation: Continuation = continuation
         self.guard = guard
         self.policy = policy
         self.check_input = check_input
@@ -500,7 +539,7 @@ class Qwen3GuardMiddleware(AgentMiddleware[Qwen3GuardState, Any]):
         )
         digest = self.digest_of(message)
         self._note(self._produced, digest)
-        if self.exit_behavior == "end":
+        if self.exit_behavior in ("end", "regenerate"):
             self._note(self._ending, digest)
         return message
 
@@ -535,7 +574,18 @@ class Qwen3GuardMiddleware(AgentMiddleware[Qwen3GuardState, Any]):
             "exit_behavior": "error",
         }
         guarded: Qwen3GuardChatModel
-        if self.check_output and self.stream_output:
+        if self.check_output and self.exit_behavior == "regenerate":
+            guarded = _Regenerating(
+                check_output=True,
+                violation_message=self.violation_message,
+                buffer_tokens=self.buffer_tokens,
+                max_retries=self.max_retries,
+                instruction=self.instruction,
+                continuation=self.continuation,
+                disable_streaming=not self.stream_output,
+                **{**common, "exit_behavior": "regenerate"},
+            )
+        elif self.check_output and self.stream_output:
             guarded = Qwen3GuardChatModel(check_output=True, **common)
         else:
             guarded = _JudgedWhole(
@@ -609,7 +659,7 @@ class _InputPlan:
         else:  # pragma: no cover - add_messages gives every message in the state an id
             update["messages"] = [RemoveMessage(id=REMOVE_ALL_MESSAGES), *replaced]
         final = replaced
-        if mw.exit_behavior == "end":
+        if mw.exit_behavior in ("end", "regenerate"):
             decision = blocked[first]
             answer = AIMessage(content=mw._text(decision), response_metadata=mw._meta(decision))
             update["messages"].append(answer)
@@ -809,3 +859,22 @@ class _JudgedWhole(Qwen3GuardChatModel):
         answer = await self.llm.ainvoke(messages, config=_inner_config(), stop=stop, **kwargs)
         plan = self._plan(answer)
         return self._allowed(plan, await self.middleware._ascreen(plan.items))
+
+
+class _Regenerating(Qwen3GuardChatModel):
+    """The agent's model with ``exit_behavior="regenerate"``: ``guard_chat_model(model, ...,
+    on_unsafe="regenerate")`` whose refusal (an answer still unsafe after ``max_retries``, or a
+    blocked tool call) raises :class:`UnsafeContentError` instead of ending the answer with the
+    violation message, so that the middleware ends the run as with ``"end"`` (no structured
+    output is parsed from a refusal; the state's answer carries the middleware's metadata)."""
+
+    def _regenerate_rules(self, messages: list[BaseMessage]) -> RegenerateRules:
+        rules = super()._regenerate_rules(messages)
+        rules.refusal = _refused
+        return rules
+
+
+def _refused(decision: Decision) -> str:
+    raise UnsafeContentError(
+        stage=decision.surface, verdict=decision.verdict, content=None, decision=decision
+    )
