@@ -325,3 +325,15 @@ async def test_async_screening_with_no_gen_model_is_fail_closed(guard: Qwen3Guar
     stream_only = Qwen3Guard(None, stream=guard.stream)
     assert (await stream_only.ascreen("hello")).blocked
     assert [d.allowed for d in await stream_only.ascreen_batch([("a", "input")])] == [False]
+
+
+def test_text_since_reads_the_tail_of_the_answer(guard: Qwen3Guard) -> None:
+    s = guard.open_stream(PROMPT)
+    parts = ["Once", " upon", "", " a", " time"]
+    for p in parts:
+        s.feed_text(p)
+    whole = "".join(parts)
+    for offset in range(len(whole) + 2):
+        assert s.text_since(offset) == whole[offset:]
+    assert s.text_length == len(whole)
+    s.close()

@@ -8,6 +8,7 @@ from .errors import (
     ModelFormatError,
     Qwen3GuardError,
     Qwen3GuardViolation,
+    RequestTooLargeError,
     UnsafeContentError,
 )
 from .guard import (
@@ -40,6 +41,7 @@ __all__ = [
     "Qwen3Guard",
     "Qwen3GuardError",
     "Qwen3GuardViolation",
+    "RequestTooLargeError",
     "RiskLevel",
     "Role",
     "Surface",

@@ -26,6 +26,16 @@ class ContextLengthError(InvalidInputError):
     chat template whose fixed part alone is longer than the context)."""
 
 
+class RequestTooLargeError(InvalidInputError):
+    """One call needs more model input than a per-request budget allows (a server's cost limit
+    per request). No model work was done for it."""
+
+    def __init__(self, message: str, *, tokens: int, limit: int) -> None:
+        super().__init__(message)
+        self.tokens = tokens
+        self.limit = limit
+
+
 class ModelFormatError(Qwen3GuardError, ValueError):
     """A checkpoint is not what the loader expects (e.g. a Gen checkpoint given as Stream)."""
 

@@ -10,11 +10,14 @@ Sync and async forms share their logic: the async ones differ only in how they w
 
 from __future__ import annotations
 
-import os
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from .defaults import get_default_guard, set_default_guard
+from .defaults import (
+    get_default_guard,
+    set_default_guard,
+)
 from .errors import GuardOutputError, GuardUnavailableError, InvalidInputError
 from .gen.base import GenBackend
 from .plans import (
@@ -35,8 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["Conversation", "Qwen3Guard", "could_not_judge", "get_default_guard",
            "raise_if_blocked", "set_default_guard"]
 
-DEFAULT_GEN_MODEL = "Qwen/Qwen3Guard-Gen-0.6B"
-DEFAULT_STREAM_MODEL = "Qwen/Qwen3Guard-Stream-0.6B"
 
 class Qwen3Guard:
     def __init__(
@@ -68,6 +69,8 @@ class Qwen3Guard:
         max_new_tokens: int = 64,
         max_batch_size: int = 32,
         max_context_tokens: int | None = None,
+        max_batch_tokens: int | None = None,
+        max_window_tokens: int | None = None,
         stream_fallback_every: int = 32,
     ) -> Qwen3Guard:
         """Load Qwen3Guard-Gen (and optionally Qwen3Guard-Stream) in process.
@@ -81,6 +84,7 @@ class Qwen3Guard:
             gen = TransformersGenBackend(
                 model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
                 max_batch_size=max_batch_size, max_context_tokens=max_context_tokens,
+                max_batch_tokens=max_batch_tokens, max_window_tokens=max_window_tokens,
             )
         stream = None
         if stream_model is not None:
@@ -99,25 +103,40 @@ class Qwen3Guard:
         timeout: float = 30.0,
         max_retries: int = 2,
         max_concurrency: int = 16,
-        stream: bool = False,
+        stream: bool | Literal["serve", "vllm"] = False,
+        stream_url: str | None = None,
+        stream_model: str | None = None,
+        cache_salt: str | None = None,
         policy: Policy | None = None,
         stream_fallback_every: int = 32,
         **kwargs: Any,
     ) -> Qwen3Guard:
         """Use a Gen model served behind an OpenAI-compatible API (vLLM, SGLang, or
-        ``qwen3guard serve``); with ``stream=True`` also the Stream model of a
-        ``qwen3guard serve`` server."""
+        ``qwen3guard serve``). ``stream=True`` (or ``"serve"``) also uses the Stream model of a
+        ``qwen3guard serve`` server; ``stream="vllm"`` a Stream model served by vLLM with this
+        package's plugins at ``stream_url`` (default ``base_url``), ``stream_model`` naming it
+        and ``cache_salt`` keeping a tenant's prefix cache apart (docs/stream_on_vllm.md)."""
         from .gen.remote import OpenAIGenBackend
 
         gen = OpenAIGenBackend(
             base_url, model, api_key=api_key, timeout=timeout, max_retries=max_retries,
             max_concurrency=max_concurrency, **kwargs,
         )
-        stream_backend = None
-        if stream:
+        stream_backend: StreamBackend | None = None
+        if stream == "vllm":
+            from .stream.vllm import VLLMStreamBackend
+
+            stream_backend = VLLMStreamBackend(
+                stream_url or base_url, stream_model, api_key=api_key, timeout=timeout,
+                max_retries=max_retries, cache_salt=cache_salt,
+            )
+        elif stream in (True, "serve"):
             from .stream.remote import RemoteStreamBackend
 
-            stream_backend = RemoteStreamBackend(base_url, api_key=api_key, timeout=timeout)
+            stream_backend = RemoteStreamBackend(stream_url or base_url, api_key=api_key,
+                                                 timeout=timeout)
+        elif stream is not False:
+            raise InvalidInputError(f"stream must be False, True, 'serve' or 'vllm', not {stream!r}")
         return cls(gen, stream=stream_backend, policy=policy,
                    stream_fallback_every=stream_fallback_every)
 
@@ -127,33 +146,17 @@ class Qwen3Guard:
         configuration, not code:
 
         - ``QWEN3GUARD_ENDPOINT`` (+ ``QWEN3GUARD_ENDPOINT_MODEL``, ``QWEN3GUARD_API_KEY``,
-          ``QWEN3GUARD_ENDPOINT_STREAM=1``): a served model, via :meth:`from_endpoint`;
+          ``QWEN3GUARD_ENDPOINT_STREAM=1`` for the server's Stream model, or ``=vllm`` with
+          ``QWEN3GUARD_STREAM_ENDPOINT`` / ``QWEN3GUARD_STREAM_ENDPOINT_MODEL`` for Stream on
+          vLLM): a served model, via :meth:`from_endpoint`;
         - else ``QWEN3GUARD_MODEL`` and ``QWEN3GUARD_STREAM_MODEL`` (paths or hub ids; default
           the 0.6B hub models; ``QWEN3GUARD_STREAM_MODEL=none`` for Gen only), with
           ``QWEN3GUARD_DEVICE`` and ``QWEN3GUARD_DTYPE``; via :meth:`from_pretrained`.
         ``QWEN3GUARD_POLICY`` = ``strict`` | ``loose`` sets the mode when no policy is given.
         """
-        env = os.environ
-        if policy is None and env.get("QWEN3GUARD_POLICY"):
-            policy = Policy(mode=env["QWEN3GUARD_POLICY"])  # type: ignore[arg-type]
-        if env.get("QWEN3GUARD_ENDPOINT"):
-            return cls.from_endpoint(
-                env["QWEN3GUARD_ENDPOINT"],
-                env.get("QWEN3GUARD_ENDPOINT_MODEL"),
-                api_key=env.get("QWEN3GUARD_API_KEY"),
-                stream=env.get("QWEN3GUARD_ENDPOINT_STREAM", "0").lower() in ("1", "true", "yes"),
-                policy=policy,
-            )
-        stream_model: str | None = env.get("QWEN3GUARD_STREAM_MODEL", DEFAULT_STREAM_MODEL)
-        if stream_model is not None and stream_model.lower() in ("", "none"):
-            stream_model = None
-        return cls.from_pretrained(
-            env.get("QWEN3GUARD_MODEL", DEFAULT_GEN_MODEL),
-            stream_model=stream_model,
-            device=env.get("QWEN3GUARD_DEVICE") or None,
-            dtype=env.get("QWEN3GUARD_DTYPE") or None,
-            policy=policy,
-        )
+        from .defaults import guard_from_env
+
+        return guard_from_env(cls, policy)
 
     # -- judging ---------------------------------------------------------------------------
 
@@ -209,7 +212,7 @@ class Qwen3Guard:
     async def acheck_batch(
         self, items: Sequence[Conversation], *, return_exceptions: bool = False
     ) -> list[Verdict] | list[Verdict | Exception]:
-        plan = self._plan(items)
+        plan = await asyncio.to_thread(self._plan, items)  # windows of a long input take time
         raws = await self._require_gen().agenerate(plan.flat) if plan.flat else []
         return plan.finish(raws, return_exceptions)
 
@@ -385,3 +388,4 @@ class Qwen3Guard:
             raise InvalidInputError("check_batch() takes a list of conversations or prompts")
         gen = self._require_gen()
         return BatchPlan(gen, items)
+

@@ -13,19 +13,8 @@ import contextvars
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
-from ..errors import InvalidInputError
+from ..errors import RequestTooLargeError
 from ..messages import Message
-
-
-class RequestTooLargeError(InvalidInputError):
-    """One call needs more model input than the budget of :func:`request_budget` allows (a
-    server's cost limit per request). No model work was done for it."""
-
-    def __init__(self, message: str, *, tokens: int, limit: int) -> None:
-        super().__init__(message)
-        self.tokens = tokens
-        self.limit = limit
-
 
 _BUDGET: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "qwen3guard_request_budget", default=None

@@ -95,6 +95,29 @@ class StreamSession:
             self._text_parts = [self._text_cache] if self._text_cache else []
         return self._text_cache
 
+    @property
+    def text_length(self) -> int:
+        """``len(response_text)``, without joining it."""
+        return self._text_len
+
+    def text_since(self, offset: int) -> str:
+        """``response_text[offset:]``, reading only the parts after ``offset`` (a server sends
+        each step's new text without joining the whole answer every time)."""
+        need = self._text_len - max(0, offset)
+        if need <= 0:
+            return ""
+        if self._text_cache is not None:
+            return self._text_cache[len(self._text_cache) - need :]
+        tail: list[str] = []
+        got = 0
+        for part in reversed(self._text_parts):
+            tail.append(part)
+            got += len(part)
+            if got >= need:
+                break
+        joined = "".join(reversed(tail))
+        return joined[len(joined) - need :]
+
     def _append_text(self, text: str) -> None:
         if text:
             self._text_parts.append(text)
