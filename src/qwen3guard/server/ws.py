@@ -9,7 +9,11 @@ Limits, each answered with a reason the client can read:
   feed does not), and a lifetime cap per session (default 600 s);
 - a cap on one message's text (``max_stream_chunk_chars``) and on the whole answer
   (``max_stream_answer_chars``): the memory one session can make the server hold is bounded
-  (one 600 KB message used to build a 60 MB reply and grow the server by hundreds of MB);
+  (one 600 KB message used to build a 60 MB reply and grow the server by hundreds of MB).
+  A ``rollback`` shrinks the answer the session holds to the kept prefix (the cap then counts
+  from there), but the kept text is judged again, so it counts as work: all the text a session
+  has the model judge, re-judged prefixes included, is capped at
+  :data:`WORK_FACTOR` times ``max_stream_answer_chars`` (code ``work_too_large``);
 - an Origin check: a browser page from another origin is refused (403) unless allowed.
 
 Errors reach the client as ``{"type": "error", "error": {"type", "message", "code"}}`` followed
@@ -35,6 +39,11 @@ from .errors import error_body
 from .state import ServerState
 
 log = logging.getLogger("qwen3guard.server")
+
+#: A session may have the model judge at most this many times ``max_stream_answer_chars``
+#: (text fed plus prefixes re-judged by rollbacks): a few regenerations of a long answer fit,
+#: a loop of rollbacks does not.
+WORK_FACTOR = 4
 
 
 class LimitError(InvalidInputError):
@@ -115,7 +124,8 @@ class _Session:
         self.active = started  # the last message that carried text or ids
         self.session: Any = None
         self.seq: Any = None
-        self.answer_chars = 0
+        self.answer_chars = 0  # the answer the session holds now (after rollbacks)
+        self.work_chars = 0  # all text judged, prefixes re-judged by rollbacks included
         self.sent_len = 0  # response text already sent as text_delta
 
     async def run(self) -> None:
@@ -146,6 +156,22 @@ class _Session:
         session = self.session
         if msg.get("close"):
             return await session.aclose(), "closed"
+        if "rollback" in msg:
+            offset = msg["rollback"]
+            if isinstance(offset, bool) or not isinstance(offset, int):
+                raise InvalidInputError("'rollback' must be an int offset in the answer")
+            held = len(session.response_text)
+            if not 0 <= offset <= held:
+                raise InvalidInputError(f"rollback({offset}): the answer has {held} characters")
+            self._account_work(offset, "characters")
+            if offset:  # the kept text is judged again: activity, as feeding it would be
+                self._touch()
+            update = await session.arollback(offset)
+            self.answer_chars = offset
+            self.sent_len = min(self.sent_len, offset)
+            return update, "update"
+        if msg.get("end"):
+            return await session.aend(), "update"
         if "text" in msg:
             text = msg["text"]
             if not isinstance(text, str):
@@ -164,7 +190,7 @@ class _Session:
                 raise InvalidInputError("'ids' must be a list of non-negative ints")
             self._account(len(ids), "ids")
             return await session.afeed_ids(ids), "update"
-        raise InvalidInputError("a message must carry 'text', 'ids' or 'close'")
+        raise InvalidInputError("a message must carry 'text', 'ids', 'rollback', 'end' or 'close'")
 
     def _account(self, n: int, unit: str) -> None:
         lim = self.lim
@@ -183,8 +209,20 @@ class _Session:
                 "answer_too_large",
                 1009,
             )
+        self._account_work(n, unit)
         if n:  # only a message with content counts as activity
             self._touch()
+
+    def _account_work(self, n: int, unit: str) -> None:
+        limit = WORK_FACTOR * self.lim.max_stream_answer_chars
+        self.work_chars += n
+        if self.work_chars > limit:
+            raise LimitError(
+                f"the session had {self.work_chars} {unit} judged (rollbacks re-judge the kept "
+                f"text), over the limit of {limit} per session",
+                "work_too_large",
+                1009,
+            )
 
     def _touch(self) -> None:
         self.active = time.monotonic()
@@ -196,7 +234,9 @@ class _Session:
     async def _recv(self) -> dict[str, Any]:
         deadline = self._deadline()
         try:
-            message = await asyncio.wait_for(self.ws.receive(), max(0.0, deadline - time.monotonic()))
+            message = await asyncio.wait_for(
+                self.ws.receive(), max(0.0, deadline - time.monotonic())
+            )
         except asyncio.TimeoutError as exc:
             if deadline >= self.end_of_life:
                 raise LimitError(
@@ -236,6 +276,7 @@ class _Session:
             "flagged": bool(session.flagged),
             "verdict": verdict_to_wire(session.verdict),
             "text_delta": text_delta,
+            "text_len": self.sent_len,
         }
         if kind == "opened":
             body = {"type": "opened", "prompt_verdict": verdict_to_wire(prompt_verdict)}

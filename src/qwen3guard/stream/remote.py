@@ -5,8 +5,11 @@
         update = session.feed_text(chunk)         # one round trip per chunk
 
 A session here has the public API of a local one (``prompt_verdict``, ``feed_text``,
-``feed_ids``, ``close``, ``flagged``, ``verdict``, ``response_text``, the ``a*`` forms, sync and
-async context managers); the server runs a local session per socket. Anything that goes wrong
+``feed_ids``, ``close``, ``end``, ``rollback``, ``flagged``, ``verdict``, ``response_text``, the
+``a*`` forms, sync and async context managers); the server runs a local session per socket.
+``rollback(offset)`` asks the server to roll its session back (the same as a fresh session fed
+the kept prefix) and takes the server's state after it; ``end()`` judges the held-back text and
+keeps the socket open for a rollback. Anything that goes wrong
 on the way (refused connection, timeout, a closed socket, a malformed answer) raises
 :class:`GuardUnavailableError` or :class:`GuardOutputError` and ends the session: an answer
 that did not arrive is never taken as Safe.
@@ -205,20 +208,40 @@ class _RemoteSessionBase(StreamSession):
         self._flagged = self._flagged or bool(state.get("flagged"))
         self._verdict = verdict_from_wire(state.get("verdict"))
         self._append_text(str(state.get("text_delta") or ""))
+        text_len = state.get("text_len")  # servers older than rollback omit it
+        if text_len is not None and text_len != self._text_len:
+            raise GuardOutputError(
+                f"the stream server holds {text_len!r} characters of the answer, this session "
+                f"{self._text_len}",
+                raw=str(msg)[:500],
+            )
 
     def _opened(self, raw: Any) -> None:
         msg = decode_answer(raw, ("opened",), None)
         self.prompt_verdict = verdict_from_wire(msg.get("prompt_verdict"))
         self._apply_session(msg)
 
-    def _answered(self, raw: Any, closing: bool) -> StreamUpdate:
-        msg = decode_answer(raw, ("closed",) if closing else ("update",), self._seq)
+    def _answered(self, raw: Any, kind: str, value: Any = None) -> StreamUpdate:
+        msg = decode_answer(raw, ("closed",) if kind == "close" else ("update",), self._seq)
         update = update_from_wire(msg.get("update") or {})
+        if kind == "rollback":  # the server rolled back: so does this copy of its state
+            kept = self.response_text[:value]
+            self._forget_answer()
+            self._append_text(kept)
         self._apply_session(msg)
         self._flagged = self._flagged or update.flagged
         self._tokens_seen = max(self._tokens_seen, update.tokens_seen)
         self._last = update
+        if kind == "end":
+            self._end_update = update
         return update
+
+    def _reset_answer(self) -> None:
+        """This copy of the server's state, back to right after open (the server's session
+        is rolled back by the ``rollback`` request; its answer says the state after it)."""
+        self._flagged = False
+        self._tokens_seen = 0
+        self._last = None
 
     def _failed(self, exc: BaseException, what: str) -> Qwen3GuardError:
         """Mark the session dead (fail closed: every later call raises)."""
@@ -265,12 +288,29 @@ class RemoteStreamSession(_RemoteSessionBase):
         payload = self._request(kind, value)
         try:
             self._ws.send(payload)
-            return self._answered(self._ws.recv(timeout=self.timeout), kind == "close")
+            return self._answered(self._ws.recv(timeout=self.timeout), kind, value)
         except Exception as exc:  # noqa: BLE001
             raise self._failed(exc, f"{kind} request failed") from exc
 
     def _feed_text(self, chunk: str) -> StreamUpdate:
         return self._call("text", chunk)
+
+    def end(self) -> StreamUpdate:
+        """Judge the held-back text on the server and keep the session (see
+        :meth:`StreamSession.end`)."""
+        with self._lock:
+            self._check_open()
+            if self._end_update is None:
+                self._call("end", True)  # sets _end_update
+            assert self._end_update is not None
+            return self._end_update
+
+    def rollback(self, offset: int) -> StreamUpdate:
+        """Roll the server's session back to ``offset`` (see :meth:`StreamSession.rollback`)."""
+        with self._lock:
+            self._check_open()
+            self._kept(offset)  # checks the offset before anything is sent
+            return self._call("rollback", offset)
 
     def _feed_ids(self, ids: list[int]) -> StreamUpdate:
         return self._call("ids", self._ids_payload(ids))
@@ -310,7 +350,7 @@ class AsyncRemoteStreamSession(_RemoteSessionBase):
         payload = self._request(kind, value)
         try:
             await self._ws.send(payload)
-            return self._answered(await self._recv(), kind == "close")
+            return self._answered(await self._recv(), kind, value)
         except BaseException as exc:  # cancellation too: the socket's state is unknown now
             err = self._failed(exc, f"{kind} request failed")
             await asyncio.shield(self._aclose_socket())
@@ -319,17 +359,34 @@ class AsyncRemoteStreamSession(_RemoteSessionBase):
             raise
 
     async def _afeed_text(self, chunk: str) -> StreamUpdate:
+        self._check_feedable()
         return await self._acall("text", chunk)
 
     async def _afeed_ids(self, ids: list[int]) -> StreamUpdate:
+        self._check_feedable()
         return await self._acall("ids", self._ids_payload(ids))
+
+    async def _aend(self) -> StreamUpdate:
+        self._check_open()
+        if self._end_update is None:
+            await self._acall("end", True)  # sets _end_update
+        assert self._end_update is not None
+        return self._end_update
+
+    async def _arollback(self, offset: int) -> StreamUpdate:
+        self._check_open()
+        self._kept(offset)  # checks the offset before anything is sent
+        return await self._acall("rollback", offset)
 
     async def _aclose(self) -> StreamUpdate:
         if self._closed:
             assert self._final is not None
             return self._final
         try:
-            self._final = await self._acall("close", True)
+            if self._end_update is not None:  # ended: the answer was judged; only free
+                self._final = self._end_update
+            else:
+                self._final = await self._acall("close", True)
         finally:
             self._closed = True
             await self._aclose_socket()
@@ -362,6 +419,12 @@ class AsyncRemoteStreamSession(_RemoteSessionBase):
 
     def close(self) -> StreamUpdate:
         return self._sync(self.aclose())
+
+    def end(self) -> StreamUpdate:
+        return self._sync(self.aend())
+
+    def rollback(self, offset: int) -> StreamUpdate:
+        return self._sync(self.arollback(offset))
 
     async def aabort(self) -> None:
         if not self._closed:

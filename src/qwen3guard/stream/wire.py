@@ -7,11 +7,20 @@ Protocol (one JSON object per text message):
     client -> {"messages": [...] | "prompt text", "options": {...}}     (first message)
     server <- {"type": "opened", "prompt_verdict": VERDICT | null, "session": SESSION}
     client -> {"seq": n, "text": "chunk"} | {"seq": n, "ids": [1, 2]} | {"seq": n, "close": true}
+            | {"seq": n, "rollback": offset} | {"seq": n, "end": true}
     server <- {"type": "update" | "closed", "seq": n, "update": UPDATE, "session": SESSION}
     server <- {"type": "error", "seq": n | null, "error": {"type": "GuardUnavailableError", ...}}
 
-SESSION = {"flagged": bool, "verdict": VERDICT | null, "text_delta": str}: the server session's
-state after the step (``text_delta`` is what the step added to its ``response_text``). UPDATE
+``rollback`` rolls the server's session back to ``offset`` (a character offset in its
+``response_text``; :meth:`~qwen3guard.stream.session.StreamSession.rollback`) and is answered
+with the update of re-feeding the kept text; ``end`` is
+:meth:`~qwen3guard.stream.session.StreamSession.end` (judge the held-back text, keep the socket
+for a rollback), answered with ``update``. ``close`` after ``end`` answers the ended update.
+
+SESSION = {"flagged": bool, "verdict": VERDICT | null, "text_delta": str, "text_len": int}: the
+server session's state after the step (``text_delta`` is what the step added to its
+``response_text``, ``text_len`` that text's length, which a client checks its copy against;
+servers older than rollback omit it). UPDATE
 carries ``settled_offset`` (servers older than that field omit it; it then reads 0: nothing is
 taken as settled). A request is answered before the next one is read and every answer echoes
 its ``seq``, so answers cannot cross. After ``closed`` or ``error`` the server closes the socket.
