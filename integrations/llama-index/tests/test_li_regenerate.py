@@ -21,8 +21,13 @@ from llama_index.core.base.response.schema import (
     Response,
     StreamingResponse,
 )
+from llama_index.core.chat_engine import CondenseQuestionChatEngine
 from llama_index.core.query_engine import RetrieverQueryEngine
-from llama_index.postprocessor.qwen3guard import METADATA_KEY, Qwen3GuardQueryEngine
+from llama_index.postprocessor.qwen3guard import (
+    METADATA_KEY,
+    Qwen3GuardChatEngine,
+    Qwen3GuardQueryEngine,
+)
 from llama_index.postprocessor.qwen3guard._regenerate import resolve_continuation
 
 from qwen3guard import DEFAULT_REFUSAL_MESSAGE
@@ -165,3 +170,33 @@ def test_continuation_auto_detection():
     assert resolve_continuation(SequenceLLM(chat_model=True), "auto", chat=True) == "instruction"
     assert resolve_continuation(SequenceLLM(chat_model=False), "auto", chat=False) == "prefill"
     assert resolve_continuation(SequenceLLM(), "prefill", chat=True) == "prefill"
+
+
+# -- a chat engine: the recipe (a condense-question chat engine over the regenerating engine) --
+
+
+def _chat_engine(index: Any, guard: Any, *answers: str) -> tuple[Any, SequenceLLM]:
+    engine, llm = _engine(index, guard, *answers, how="stream")
+    condense = SequenceLLM(answers=[QUERY])  # condenses a follow-up into a question
+    chat = CondenseQuestionChatEngine.from_defaults(query_engine=engine, llm=condense)
+    return Qwen3GuardChatEngine(chat, guard=guard, check_response=False), llm
+
+
+@pytest.mark.parametrize("how", ["stream_chat", "chat"])
+def test_chat_engine_recipe_gives_one_clean_answer_and_memory(index, guard, how):
+    chat, llm = _chat_engine(index, guard, FIRST, REPAIR)
+    if how == "stream_chat":
+        text = "".join(chat.stream_chat(QUERY).response_gen)
+    else:
+        text = chat.chat(QUERY).response
+    assert text == SAFE + REPAIR
+    _no_unsafe_char(text)
+    assert llm.calls[0]["closed"] and len(llm.calls) == 2  # the abandoned stream was closed
+    history = chat.chat_history
+    assert history[-1].role == MessageRole.ASSISTANT and history[-1].content == SAFE + REPAIR
+
+
+def test_chat_engine_regenerate_names_the_recipe(index, guard):
+    chat, _ = _chat_engine(index, guard, SAFE)
+    with pytest.raises(ValueError, match="CondenseQuestionChatEngine"):
+        Qwen3GuardChatEngine(chat.chat_engine, guard=guard, exit_behavior="regenerate")

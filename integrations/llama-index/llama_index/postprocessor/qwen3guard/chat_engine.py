@@ -41,6 +41,16 @@ from ._stream import Moderation, amoderate_text, moderate_text
 Item = tuple[Messages, Surface]
 
 
+REGENERATE_RECIPE = (
+    "Qwen3GuardChatEngine does not regenerate: a wrapped chat engine that streams runs its "
+    "LLM to the end in its own writer thread (the abandoned try cannot be closed) and writes "
+    "the whole answer to its memory. Regenerate in the query engine instead: "
+    "CondenseQuestionChatEngine.from_defaults(query_engine=Qwen3GuardQueryEngine(engine, "
+    "on_unsafe='regenerate')), wrapped in Qwen3GuardChatEngine(..., check_response=False) for "
+    "the input checks; its memory then holds the regenerated answer"
+)
+
+
 class Qwen3GuardChatEngine(BaseChatEngine):
     """Wrap a chat engine so that what its LLM reads and writes is judged by Qwen3Guard.
 
@@ -60,6 +70,13 @@ class Qwen3GuardChatEngine(BaseChatEngine):
     LLM does not read it. A wrapped engine that streams writes its memory from its own thread
     and runs its LLM to the end: the cut applies to the reader, and the memory is fixed once
     the stream ends. Retrieved context is judged by :class:`Qwen3GuardNodePostprocessor`.
+
+    Roll back and regenerate (``on_unsafe="regenerate"``) is not an option here, for the
+    reason above: the wrapped engine's writer thread drains the LLM and writes the unsafe try
+    to memory. The recipe is a ``CondenseQuestionChatEngine`` over
+    ``Qwen3GuardQueryEngine(engine, on_unsafe="regenerate")`` (its writer thread reads the
+    regenerated stream, so the memory holds the one clean answer), wrapped here with
+    ``check_response=False`` for the input checks (:data:`REGENERATE_RECIPE`).
     """
 
     def __init__(
@@ -78,6 +95,8 @@ class Qwen3GuardChatEngine(BaseChatEngine):
         self.policy: Policy | None = policy
         self.check_input = check_input
         self.check_response = check_response
+        if exit_behavior == "regenerate":
+            raise ValueError(REGENERATE_RECIPE)
         self.exit_behavior: ExitBehavior = check_exit_behavior(exit_behavior)
         self.violation_message = violation_message
 
