@@ -179,7 +179,8 @@ def stream_phase(stream_dir: str, n_tokens: int, budget_gib: float, bf16: bool) 
     return out
 
 
-def gen_phase(gen_dir: str, batches: list[int], new_tokens: int, bf16: bool) -> dict:
+def gen_phase(gen_dir: str, batches: list[int], new_tokens: int, bf16: bool,
+              bare_first: bool = False) -> dict:
     import torch
 
     from qwen3guard import Qwen3Guard
@@ -227,7 +228,7 @@ def gen_phase(gen_dir: str, batches: list[int], new_tokens: int, bf16: bool) -> 
         lib_t, bare_t = [], []
         generated = bare(cs[:1]) if b == batches[0] else new_tokens  # warm-up
         for r in range(repeats):
-            for side in (("lib", "bare") if r % 2 == 0 else ("bare", "lib")):
+            for side in (("lib", "bare") if (r + bare_first) % 2 == 0 else ("bare", "lib")):
                 t0 = time.perf_counter()
                 if side == "lib":
                     library(cs)
@@ -286,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen-new-tokens", type=int, default=8)
     ap.add_argument("--budget-gib", type=float, default=16.0)
     ap.add_argument("--skip-gen", action="store_true")
+    ap.add_argument("--bare-first", action="store_true",
+                    help="time the bare generate before the library (first repeat)")
     ap.add_argument("--skip-stream", action="store_true")
     ap.add_argument("--skip-bf16", action="store_true")
     args = ap.parse_args(argv)
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
     if not args.skip_gen:
         report["gen"] = gen_phase(str(root / "gen"), args.gen_batches, args.gen_new_tokens,
-                                  not args.skip_bf16)
+                                  not args.skip_bf16, args.bare_first)
     report["load_avg_end"] = os.getloadavg()[0]
     report["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(report, indent=2))
