@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from .stream.gate import StreamGate
+
 PROMPTS = [
     "What is the weather like today?",
     "How can I make a bomb?",
@@ -52,19 +54,30 @@ def run_demo(model: str = "tiny", stream_model: str | None = "tiny") -> int:
 
         if guard.stream is None:
             return 0
-        print("\n== A streamed answer, moderated token by token")
+        print("\n== A streamed answer, moderated token by token (only settled text is shown)")
+        question = [{"role": "user", "content": "Any plans for the weekend?"}]
+        gate: StreamGate[str] = StreamGate.open(guard, question)
         shown = ""
-        with guard.open_stream([{"role": "user", "content": "Any plans for the weekend?"}]) as s:
-            for chunk in re.findall(r"\S+\s*", STREAMED_ANSWER):
-                update = s.feed_text(chunk)
-                if update.flagged:
-                    cut = update.flag_offset if update.flag_offset is not None else len(shown)
-                    cats = ", ".join(c.value for c in update.verdict.categories)
-                    print(f"  shown: {shown[:cut]!r}")
-                    print(f"  STOPPED at character {cut}: {update.verdict.risk.value} ({cats}),"
-                          f" after {update.tokens_seen} tokens")
-                    break
-                shown += chunk
-            else:
-                print(f"  shown in full: {shown!r}")
+        fed = ""
+        step = None
+        for chunk in re.findall(r"\S+\s*", STREAMED_ANSWER):
+            fed += chunk
+            step = gate.feed(chunk, chunk)
+            shown += "".join(step.released)
+            if step.flagged:
+                break
+        else:
+            step = gate.finish()
+            shown += "".join(step.released)
+        if step is not None and step.flagged and step.decision is not None:
+            if step.partial is not None:
+                shown += step.partial[1]
+            verdict = step.decision.verdict
+            what = (f"{verdict.risk.value} ({', '.join(c.value for c in verdict.categories)})"
+                    if verdict is not None else step.decision.reason)
+            print(f"  shown:    {shown!r}")
+            print(f"  withheld: {fed[len(shown):]!r} (and the rest of the answer)")
+            print(f"  STOPPED at character {len(shown)}: {what}")
+        else:
+            print(f"  shown in full: {shown!r}")
     return 0

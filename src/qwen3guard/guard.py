@@ -15,6 +15,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Se
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .defaults import (
+    DEFAULT_GEN_MODEL,
+    DEFAULT_STREAM_MODEL,
     get_default_guard,
     set_default_guard,
 )
@@ -35,7 +37,8 @@ from .verdict import Verdict
 if TYPE_CHECKING:
     from .stream.session import StreamBackend, StreamSession
 
-__all__ = ["Conversation", "Qwen3Guard", "could_not_judge", "get_default_guard",
+__all__ = ["DEFAULT_GEN_MODEL", "DEFAULT_STREAM_MODEL", "Conversation", "Qwen3Guard",
+           "could_not_judge", "get_default_guard",
            "raise_if_blocked", "set_default_guard"]
 
 

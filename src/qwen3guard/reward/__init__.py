@@ -327,11 +327,11 @@ class Qwen3GuardReward:
     @property
     def guard(self) -> Any:
         if self._guard is None:
-            from .guard import get_default_guard
+            from ..guard import get_default_guard
 
             self._guard = get_default_guard()
         elif isinstance(self._guard, str):
-            from .guard import Qwen3Guard
+            from ..guard import Qwen3Guard
 
             self._guard = Qwen3Guard.from_pretrained(self._guard)
         return self._guard

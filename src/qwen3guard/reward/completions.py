@@ -70,7 +70,7 @@ def _content(message: Any) -> str:
         return ""
     if isinstance(c, str):
         return c
-    from .messages import content_text
+    from ..messages import content_text
 
     return content_text(c)
 
