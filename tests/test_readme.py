@@ -31,7 +31,7 @@ EXPECTED_OUTPUT = (
 )
 
 # Runs each block in one namespace; on a failure prints which block and exits 1.
-_RUNNER = """
+_RUNNER = r"""
 import json, sys, traceback
 blocks = json.load(open(sys.argv[1]))
 ns = {"__name__": "__readme__"}
