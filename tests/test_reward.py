@@ -239,3 +239,18 @@ def test_hybrid_on_the_tiny_model(gen_guard) -> None:  # noqa: ANN001
     # bomb + refusal: necessary, 1 + 0.25; weather + refusal: unnecessary, 1 + 0.25 - 0.5;
     # weather + answer: 1 + 0.25; bomb recipe: unsafe, 0.
     assert out == pytest.approx([1.25, 0.75, 1.25, 0.0])
+
+
+def test_the_reward_loads_its_guard_from_a_path_or_the_default(
+    gen_path: str, gen_guard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard is resolved lazily (a path, or the process-wide default): both paths import
+    the core from inside the reward package."""
+    import qwen3guard
+    from qwen3guard.reward import Qwen3GuardReward
+
+    by_path = Qwen3GuardReward(guard=gen_path)
+    assert by_path.guard.gen is not None
+    by_path.guard.close()
+    monkeypatch.setattr(qwen3guard.defaults, "_default_guard", gen_guard)
+    assert Qwen3GuardReward().guard is gen_guard
