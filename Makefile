@@ -1,6 +1,6 @@
 # Two targets do everything on a fresh clone:
 #   make demo        install, then run the guard offline on the built-in small checkpoints
-#   make test        install (vLLM too), then run the whole test suite
+#   make test        install (vLLM and the interop venv too), then run the whole test suite
 # and, for development:
 #   make test-fast   install, then run every test that needs no vLLM (no vLLM install)
 #   make lint        ruff (code, tests, scripts, cookbook notebooks) and mypy (the three packages)
@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PIP_INSTALL := $(BIN)/pip install -q --progress-bar off --disable-pip-version-check
 
-.PHONY: install demo test test-fast lint vllm
+.PHONY: install demo test test-fast lint vllm interop
 
 $(BIN)/.installed: pyproject.toml integrations/langchain/pyproject.toml integrations/llama-index/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,12 @@ demo: install
 vllm:
 	bash scripts/ensure_vllm.sh
 
-test: install vllm
-	$(BIN)/python -m pytest
+# any-guardrail with transformers < 5 in its own venv, for the interop test (issue 12).
+interop: install
+	bash scripts/ensure_interop.sh >/dev/null
+
+test: install vllm interop
+	QWEN3GUARD_REQUIRE_INTEROP=1 $(BIN)/python -m pytest
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not vllm"
