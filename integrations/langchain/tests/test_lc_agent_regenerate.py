@@ -136,7 +136,7 @@ async def test_agent_regenerate_stream_mode_messages_is_one_message(guard):
                                          stream_mode="messages")
         if isinstance(m, AIMessageChunk)
     ]
-    assert "".join(c.content for c in chunks) == SAFE + REPAIR
+    assert "".join(str(c.content) for c in chunks) == SAFE + REPAIR
     assert len({c.id for c in chunks}) == 1
 
 
