@@ -94,7 +94,8 @@ def test_a_rolled_back_remote_session_equals_a_fresh_one(
     fr, fc = rolled.close(), fresh.close()
     rolled_updates.append(fr)
     fresh_updates.append(fc)
-    _assert_same_tokens(rolled_updates, fresh_updates)
+    worst = _assert_same_tokens(rolled_updates, fresh_updates)
+    print(f"remote rollback({offset}): {len(_tokens(rolled_updates))} tokens, max |dp| {worst:.2e}")
     assert _summary(fr) == _summary(fc)
     assert rolled.response_text == fresh.response_text == ANSWER[:offset] + REPAIR
 
@@ -114,11 +115,13 @@ async def test_async_remote_rollback_equals_a_fresh_session(
     fresh = await remote.aopen_stream(PROMPT)
     fu = await fresh.afeed_text(ANSWER[:offset])
     assert _summary(ru) == _summary(fu)
+    assert (rolled.tokens_seen, rolled.flagged) == (fresh.tokens_seen, fresh.flagged)
     rolled_updates = [ru] + [await rolled.afeed_text(w) for w in words(REPAIR)]
     fresh_updates = [fu] + [await fresh.afeed_text(w) for w in words(REPAIR)]
     rolled_updates.append(await rolled.aclose())
     fresh_updates.append(await fresh.aclose())
-    _assert_same_tokens(rolled_updates, fresh_updates)
+    worst = _assert_same_tokens(rolled_updates, fresh_updates)
+    print(f"remote rollback({offset}): {len(_tokens(rolled_updates))} tokens, max |dp| {worst:.2e}")
     assert rolled.response_text == fresh.response_text == ANSWER[:offset] + REPAIR
 
 

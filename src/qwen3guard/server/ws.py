@@ -160,7 +160,7 @@ class _Session:
             offset = msg["rollback"]
             if isinstance(offset, bool) or not isinstance(offset, int):
                 raise InvalidInputError("'rollback' must be an int offset in the answer")
-            held = len(session.response_text)
+            held = session.text_length
             if not 0 <= offset <= held:
                 raise InvalidInputError(f"rollback({offset}): the answer has {held} characters")
             self._account_work(offset, "characters")
@@ -298,6 +298,8 @@ class _Session:
 def _text_since(session: Any, offset: int) -> str:
     """``session.response_text[offset:]`` without joining the whole answer on every message
     (quadratic over a long answer): read the tail of the session's text parts."""
+    if callable(getattr(session, "text_since", None)):
+        return str(session.text_since(offset))
     parts = getattr(session, "_text_parts", None)
     total = getattr(session, "_text_len", None)
     if not isinstance(parts, list) or not isinstance(total, int):
