@@ -38,7 +38,11 @@ def source_hash() -> str:
 
 
 def build(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
-    """Write ``out_dir/gen`` and ``out_dir/stream``."""
+    """Write ``out_dir/gen`` and ``out_dir/stream``.
+
+    Training runs on one intra-op thread: float sums reduced over a different number of threads
+    round differently, so the same seed would give other weights on a machine (or under an
+    ``OMP_NUM_THREADS``) with another thread count, and a cached build could not be reproduced."""
     import torch
 
     from .gen import save_gen, train_gen
@@ -47,11 +51,16 @@ def build(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(seed)
-    torch.manual_seed(seed)
-    save_gen(train_gen(tok, seed), tok, out / "gen")
-    build_stream(tok, out / "stream", seed=seed)
-    (out / "BUILD").write_text(f"seed={seed}\nsource={source_hash()}\n")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tok = build_tokenizer(seed)
+        torch.manual_seed(seed)
+        save_gen(train_gen(tok, seed), tok, out / "gen")
+        build_stream(tok, out / "stream", seed=seed)
+    finally:
+        torch.set_num_threads(threads)
+    (out / "BUILD").write_text(f"seed={seed}\nsource={source_hash()}\nthreads=1\n")
     return out
 
 
