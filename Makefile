@@ -4,6 +4,7 @@
 # and, for development:
 #   make test-fast   install, then run every test that needs no vLLM (no vLLM install)
 #   make lint        ruff (code, tests, scripts, cookbook notebooks) and mypy (the three packages)
+#   make docs        the reference site (mkdocs.yml), built with --strict into site/
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PIP_INSTALL := $(BIN)/pip install -q --progress-bar off --disable-pip-version-check
 
-.PHONY: install demo test test-fast lint vllm interop
+.PHONY: install demo test test-fast lint docs vllm interop
 
 $(BIN)/.installed: pyproject.toml integrations/langchain/pyproject.toml integrations/llama-index/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +43,6 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check cookbook
 	$(BIN)/mypy
+
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -1,0 +1,58 @@
+"""A Griffe extension (mkdocs.yml, mkdocstrings' ``extensions``) for the docstrings' reST roles.
+
+The docstrings are written for plain ``help()``: reST roles (``:class:`Policy```,
+``:meth:`~qwen3guard.Qwen3Guard.screen```) and double-backtick literals. Markdown renders the
+literals as code already; the roles would show raw. A role becomes a link to the object's entry
+in the API reference when the reference documents it (an identifier of a ``:::`` line in
+``docs/api/*.md``, found by its full path or, when unambiguous, its last name), else inline code.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import griffe
+
+API_PAGES = Path(__file__).resolve().parents[1] / "api"
+_ROLE = re.compile(r":(?:py:)?(?:class|meth|func|mod|data|attr|exc|obj|const):`(~?)([^`<>]+?)(?:\(\))?`")
+_DIRECTIVE = re.compile(r"^::: *([\w.]+)", re.MULTILINE)
+
+
+def documented() -> dict[str, str]:
+    """Every identifier of the API pages, under its full path and its last name (a last name
+    that two identifiers share is left out)."""
+    ids = {m.group(1) for page in API_PAGES.glob("*.md") for m in _DIRECTIVE.finditer(page.read_text())}
+    found: dict[str, str] = {i: i for i in ids}
+    short: dict[str, set[str]] = {}
+    for i in ids:
+        short.setdefault(i.rsplit(".", 1)[-1], set()).add(i)
+    for name, targets in short.items():
+        if len(targets) == 1 and name not in found:
+            found[name] = next(iter(targets))
+    return found
+
+
+def convert(text: str, known: dict[str, str]) -> str:
+    def repl(m: re.Match[str]) -> str:
+        tilde, target = m.group(1), m.group(2).strip()
+        shown = target.rsplit(".", 1)[-1] if tilde else target
+        full = known.get(target)
+        if full is None and target.startswith(("qwen3guard.", "langchain_qwen3guard.")):
+            full = known.get(target.rsplit(".", 1)[-1])
+        return f"[`{shown}`][{full}]" if full else f"`{shown}`"
+
+    return _ROLE.sub(repl, text)
+
+
+class RstRoles(griffe.Extension):
+    """Rewrite reST roles in every docstring Griffe loads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.known = documented()
+
+    def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+        if obj.docstring is not None and ":" in obj.docstring.value:
+            obj.docstring.value = convert(obj.docstring.value, self.known)
