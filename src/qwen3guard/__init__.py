@@ -1,5 +1,6 @@
 """qwen3guard: safety guardrails backed by the Qwen3Guard models."""
 
+from . import tracing
 from .errors import (
     ContextLengthError,
     GuardOutputError,
@@ -22,6 +23,7 @@ from .policy import DEFAULT_REFUSAL_MESSAGE, METADATA_KEY, Decision, Policy, Sur
 from .stream.gate import GateStep, StreamGate
 from .stream.session import StreamBackend, StreamSession
 from .stream.types import StreamUpdate, TokenVerdict
+from .tracing import CheckEvent, CheckObserver
 from .verdict import Category, RiskLevel, Role, Verdict, parse_gen_output
 
 __version__ = "0.1.0"
@@ -31,6 +33,8 @@ __all__ = [
     "DEFAULT_REFUSAL_MESSAGE",
     "METADATA_KEY",
     "Category",
+    "CheckEvent",
+    "CheckObserver",
     "Decision",
     "GateStep",
     "GuardOutputError",
@@ -58,5 +62,6 @@ __all__ = [
     "parse_gen_output",
     "raise_if_blocked",
     "set_default_guard",
+    "tracing",
     "__version__",
 ]

@@ -32,6 +32,7 @@ from .plans import (
     response_messages,
 )
 from .policy import Decision, Policy, Surface
+from .tracing import ScreenTrace, aemit, emit
 from .verdict import Verdict
 
 if TYPE_CHECKING:
@@ -235,10 +236,7 @@ class Qwen3Guard:
         content; a guard failure becomes a block (fail-closed) or an allow with a warning
         (fail-open). Bad input raises :class:`InvalidInputError`; empty content is allowed as
         "nothing to judge"."""
-        plan = ScreenPlan(self.policy, [(messages, surface)], policy, strict_input=True)
-        if plan.convs:
-            plan.results = self._judge_all(plan.convs)
-        return plan.finish()[0]
+        return self._screen([(messages, surface)], policy, strict_input=True, batch=False)[0]
 
     async def ascreen(
         self,
@@ -247,10 +245,8 @@ class Qwen3Guard:
         *,
         policy: Policy | None = None,
     ) -> Decision:
-        plan = ScreenPlan(self.policy, [(messages, surface)], policy, strict_input=True)
-        if plan.convs:
-            plan.results = await self._ajudge_all(plan.convs)
-        return plan.finish()[0]
+        items = [(messages, surface)]
+        return (await self._ascreen(items, policy, strict_input=True, batch=False))[0]
 
     def screen_batch(
         self,
@@ -264,10 +260,7 @@ class Qwen3Guard:
         non-text part) is blocked, with the :class:`InvalidInputError` in ``decision.error``,
         whatever ``fail_open`` says (it is not the guard that failed); the others are judged.
         """
-        plan = ScreenPlan(self.policy, items, policy, strict_input=False)
-        if plan.convs:
-            plan.results = self._judge_all(plan.convs)
-        return plan.finish()
+        return self._screen(items, policy, strict_input=False, batch=True)
 
     async def ascreen_batch(
         self,
@@ -275,10 +268,7 @@ class Qwen3Guard:
         *,
         policy: Policy | None = None,
     ) -> list[Decision]:
-        plan = ScreenPlan(self.policy, items, policy, strict_input=False)
-        if plan.convs:
-            plan.results = await self._ajudge_all(plan.convs)
-        return plan.finish()
+        return await self._ascreen(items, policy, strict_input=False, batch=True)
 
     def enforce(
         self,
@@ -365,6 +355,43 @@ class Qwen3Guard:
         self.close()
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _screen(
+        self,
+        items: Sequence[tuple[Conversation | None, Surface | str]],
+        policy: Policy | None,
+        *,
+        strict_input: bool,
+        batch: bool,
+    ) -> list[Decision]:
+        """Screen ``items``; each decision is reported as one check (qwen3guard.tracing)."""
+        with ScreenTrace(self.gen, items, batch=batch) as trace:
+            plan = ScreenPlan(self.policy, items, policy, strict_input=strict_input)
+            trace.judging(plan.surfaces)
+            if plan.convs:
+                plan.results = self._judge_all(plan.convs)
+            decisions = plan.finish()
+        for event in trace.done(decisions):
+            emit(event)
+        return decisions
+
+    async def _ascreen(
+        self,
+        items: Sequence[tuple[Conversation | None, Surface | str]],
+        policy: Policy | None,
+        *,
+        strict_input: bool,
+        batch: bool,
+    ) -> list[Decision]:
+        with ScreenTrace(self.gen, items, batch=batch) as trace:
+            plan = ScreenPlan(self.policy, items, policy, strict_input=strict_input)
+            trace.judging(plan.surfaces)
+            if plan.convs:
+                plan.results = await self._ajudge_all(plan.convs)
+            decisions = plan.finish()
+        for event in trace.done(decisions):
+            await aemit(event)
+        return decisions
 
     def _judge_all(self, convs: list[Any]) -> list[Verdict | Exception]:
         try:  # a guard that cannot judge at all fails each item (decided per item, fail-closed)

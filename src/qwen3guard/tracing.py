@@ -429,12 +429,12 @@ class GateTrace:
     """The trace of one gated stream: started when the gate opens (before the prompt is
     judged), ended once with the gate's final decision."""
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: Any, *, reported: bool = False) -> None:
         self.t0 = time.perf_counter()
         self.model = model_name(backend)
         self.content: list[str] | None = [] if trace_content() else None
-        self.reported = False
-        self._otel = _otel()
+        self.reported = reported  # True: a trace with nothing to report (and no span)
+        self._otel = None if reported else _otel()
         self._span: Any = None
         if self._otel is not None:
             try:

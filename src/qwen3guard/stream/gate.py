@@ -51,6 +51,7 @@ from ..errors import (
     UnsafeContentError,
 )
 from ..policy import Decision, Policy, Surface
+from ..tracing import CheckEvent, GateTrace, aemit, emit, judged_text
 from .session import StreamSession
 from .types import StreamUpdate
 
@@ -112,6 +113,9 @@ class StreamGate(Generic[T]):
         self._done: GateStep[T] | None = None  # the sticky final step (flagged or finished)
         self._kept_text = ""
         self.last_update: StreamUpdate | None = None
+        # Tracing (qwen3guard.tracing): one event for the answer when the gate ends.
+        self._trace_backend: Any = None
+        self._trace: GateTrace | None = None
 
     # -- construction --------------------------------------------------------------------------
 
@@ -130,12 +134,18 @@ class StreamGate(Generic[T]):
         decide the prompt. A guard that cannot open a session decides by
         :func:`~qwen3guard.guard.could_not_judge` (the gate then has no session)."""
         pol = policy if policy is not None else guard.policy
+        backend = _judging_backend(guard)
+        prompt_trace = GateTrace(backend) if prompt_messages is not None else None
         try:
             session = guard.open_stream(prompt_messages, policy=pol, **session_options)
         except _COULD_NOT_JUDGE as exc:
-            return cls._unopened(pol, exc)
-        return cls(session, policy=pol, prompt_decision=_prompt_decision(pol, session),
-                   buffer_tokens=buffer_tokens, keep_on_flag=keep_on_flag)
+            gate = cls._unopened(pol, exc)
+        else:
+            gate = cls(session, policy=pol, prompt_decision=_prompt_decision(pol, session),
+                       buffer_tokens=buffer_tokens, keep_on_flag=keep_on_flag)
+        for event in gate._opened(backend, prompt_trace, prompt_messages):
+            emit(event)
+        return gate
 
     @classmethod
     async def aopen(
@@ -149,12 +159,39 @@ class StreamGate(Generic[T]):
         **session_options: Any,
     ) -> StreamGate[T]:
         pol = policy if policy is not None else guard.policy
+        backend = _judging_backend(guard)
+        prompt_trace = GateTrace(backend) if prompt_messages is not None else None
         try:
             session = await guard.aopen_stream(prompt_messages, policy=pol, **session_options)
         except _COULD_NOT_JUDGE as exc:
-            return cls._unopened(pol, exc)
-        return cls(session, policy=pol, prompt_decision=_prompt_decision(pol, session),
-                   buffer_tokens=buffer_tokens, keep_on_flag=keep_on_flag)
+            gate = cls._unopened(pol, exc)
+        else:
+            gate = cls(session, policy=pol, prompt_decision=_prompt_decision(pol, session),
+                       buffer_tokens=buffer_tokens, keep_on_flag=keep_on_flag)
+        for event in gate._opened(backend, prompt_trace, prompt_messages):
+            await aemit(event)
+        return gate
+
+    def _opened(
+        self, backend: Any, prompt_trace: GateTrace | None, prompt_messages: Any
+    ) -> list[CheckEvent]:
+        """The events of opening: the prompt's check (when a prompt was given); for a gate
+        that could not open and has no prompt, the answer's failure, its only decision."""
+        self._trace_backend = backend
+        events: list[CheckEvent] = []
+        if prompt_trace is not None:
+            if prompt_trace.content is not None:
+                prompt_trace.content.append(judged_text(prompt_messages) or "")
+            event = prompt_trace.done(self.prompt_decision)
+            if event is not None:
+                events.append(event)
+        if self.session is None and self._done is not None:  # could not open, fail-closed
+            if prompt_trace is not None:  # the prompt's failure is the one check that ran
+                self._trace = GateTrace(backend, reported=True)
+            else:
+                self._tracing()
+                events.extend(self._report())
+        return events
 
     @classmethod
     def _unopened(cls, policy: Policy, exc: BaseException) -> StreamGate[T]:
@@ -214,6 +251,8 @@ class StreamGate(Generic[T]):
             step = self._failed(exc)
         if self._open or (self._done is not None and not self.keep_on_flag):
             self.session.abort()  # no longer judging: free the session now
+        for event in self._report():
+            emit(event)
         return step
 
     def finish(self) -> GateStep[T]:
@@ -221,6 +260,13 @@ class StreamGate(Generic[T]):
         or flag. Idempotent."""
         if self._done is not None:
             return self._done
+        self._tracing()
+        step = self._finish()
+        for event in self._report():
+            emit(event)
+        return step
+
+    def _finish(self) -> GateStep[T]:
         update = None
         session = self.session
         if session is not None and not self._open:
@@ -263,6 +309,8 @@ class StreamGate(Generic[T]):
         self._held.clear()
         self._fed = offset
         self._done = None
+        if self._trace is not None:
+            self._trace.rolled_back(offset)
         self._starts.clear()
         self._scored = 0
         self.last_update = None
@@ -285,9 +333,14 @@ class StreamGate(Generic[T]):
         """Stop without judging what is held (the caller gave up); frees the session."""
         if self.session is not None:
             self.session.abort()
+        for event in self._aborted():
+            emit(event)
+
+    def _aborted(self) -> list[CheckEvent]:
         if self._done is None:
             self._done = GateStep(decision=Decision(False, None, Surface.OUTPUT, "aborted"))
             self._held.clear()
+        return self._report(final=True)
 
     # -- async ---------------------------------------------------------------------------------
 
@@ -304,11 +357,20 @@ class StreamGate(Generic[T]):
             step = self._failed(exc)
         if self._open or (self._done is not None and not self.keep_on_flag):
             await self.session.aabort()
+        for event in self._report():
+            await aemit(event)
         return step
 
     async def afinish(self) -> GateStep[T]:
         if self._done is not None:
             return self._done
+        self._tracing()
+        step = await self._afinish()
+        for event in self._report():
+            await aemit(event)
+        return step
+
+    async def _afinish(self) -> GateStep[T]:
         update = None
         session = self.session
         if session is not None and not self._open:
@@ -324,8 +386,29 @@ class StreamGate(Generic[T]):
 
     async def aabort(self) -> None:
         if self.session is not None:
-            await self.session.aabort()  # then abort() finds it closed: nothing more to free
-        self.abort()
+            await self.session.aabort()
+        for event in self._aborted():
+            await aemit(event)
+
+    # -- tracing -------------------------------------------------------------------------------
+
+    def _tracing(self) -> GateTrace:
+        """The answer's trace, started when the answer starts to be judged."""
+        if self._trace is None:
+            self._trace = GateTrace(self._trace_backend)
+        return self._trace
+
+    def _report(self, *, final: bool = False) -> list[CheckEvent]:
+        """The answer's one event, once the gate has its final decision: a flag (with
+        ``keep_on_flag`` only when the gate is given up, as a rollback may still undo the
+        flag), the finish's allow, or an abort. Nothing when nothing of the answer was seen."""
+        done, trace = self._done, self._trace
+        if done is None or done.decision is None or trace is None or trace.reported:
+            return []
+        if done.flagged and self.keep_on_flag and not final:
+            return []
+        event = trace.done(done.decision)
+        return [event] if event is not None else []
 
     # -- the release rule (shared) ---------------------------------------------------------
 
@@ -334,6 +417,7 @@ class StreamGate(Generic[T]):
             raise InvalidInputError(f"a chunk's text must be a str, not {type(text).__name__}")
         self._fed += len(text)
         self._held.append((chunk, self._fed, text))
+        self._tracing().fed(text)
 
     def _release(self, update: StreamUpdate | None) -> GateStep[T]:
         if update is not None:
@@ -441,6 +525,11 @@ class StreamGate(Generic[T]):
             decision = self.policy.decide(verdict, Surface.OUTPUT)
         self._done = GateStep(decision=decision, update=update)
         return GateStep(released=released, decision=decision, update=update)
+
+
+def _judging_backend(guard: Qwen3Guard) -> Any:
+    """What judges a gated stream: the Stream model, else Gen (the fallback session)."""
+    return guard.stream if guard.stream is not None else guard.gen
 
 
 def _prompt_decision(policy: Policy, session: StreamSession) -> Decision:
