@@ -16,14 +16,18 @@ from typing import Any
 import griffe
 
 API_PAGES = Path(__file__).resolve().parents[1] / "api"
-_ROLE = re.compile(r":(?:py:)?(?:class|meth|func|mod|data|attr|exc|obj|const):`(~?)([^`<>]+?)(?:\(\))?`")
+_ROLE = re.compile(
+    r":(?:py:)?(?:class|meth|func|mod|data|attr|exc|obj|const):`(~?)([^`<>]+?)(?:\(\))?`"
+)
 _DIRECTIVE = re.compile(r"^::: *([\w.]+)", re.MULTILINE)
 
 
 def documented() -> dict[str, str]:
     """Every identifier of the API pages, under its full path and its last name (a last name
     that two identifiers share is left out)."""
-    ids = {m.group(1) for page in API_PAGES.glob("*.md") for m in _DIRECTIVE.finditer(page.read_text())}
+    ids = {
+        m.group(1) for page in API_PAGES.glob("*.md") for m in _DIRECTIVE.finditer(page.read_text())
+    }
     found: dict[str, str] = {i: i for i in ids}
     short: dict[str, set[str]] = {}
     for i in ids:

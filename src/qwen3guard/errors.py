@@ -94,5 +94,6 @@ class UnsafeContentError(Qwen3GuardError):
         self.content = content
 
 
-#: The name the LangChain and LlamaIndex integrations document; the same class.
 Qwen3GuardViolation = UnsafeContentError
+"""The name the LangChain and LlamaIndex integrations document; the same class as
+:class:`UnsafeContentError`."""

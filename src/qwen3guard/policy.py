@@ -37,9 +37,13 @@ class SurfaceRule:
     """Overrides for one surface; ``None`` means "as the policy says"."""
 
     mode: Mode | None = None
+    """``"strict"`` or ``"loose"`` on this surface; ``None``: the policy's mode."""
     ignore_categories: frozenset[Category] | None = None
+    """Replaces the policy's ``ignore_categories`` on this surface; ``None``: the policy's."""
     block_categories: frozenset[Category] | None = None
+    """Replaces the policy's ``block_categories`` on this surface; ``None``: the policy's."""
     enabled: bool = True
+    """``False``: nothing on this surface is judged, every decision allows it."""
 
     def __post_init__(self) -> None:
         if self.mode not in (None, "strict", "loose"):
@@ -50,11 +54,12 @@ class SurfaceRule:
                 object.__setattr__(self, name, _categories(value))
 
 
-#: What integrations show in place of blocked content unless configured otherwise.
 DEFAULT_REFUSAL_MESSAGE = "I'm sorry, but I can't help with that request."
+"""What integrations show in place of blocked content unless configured otherwise."""
 
-#: The metadata key under which every integration records its decisions.
 METADATA_KEY = "qwen3guard"
+"""The metadata key under which every integration records its decisions
+(:meth:`Decision.to_dict`)."""
 
 
 @dataclass(frozen=True)
@@ -67,13 +72,21 @@ class Decision:
     """
 
     allowed: bool
+    """Whether the content may pass."""
     verdict: Verdict | None
+    """What the model said; ``None`` when nothing was judged or the guard could not judge."""
     surface: Surface
+    """Where the content was checked."""
     reason: str
+    """Why, in a few words: ``"safe"``, ``"unsafe; strict mode"``, ``"controversial; loose
+    mode"``, ``"only ignored categories"``, ``"category always blocked"``, ``"surface not
+    checked"``, ``"guard unavailable; fail-closed"`` (or ``fail-open``), ..."""
     error: BaseException | None = field(default=None, compare=False)
+    """Why the guard could not judge, when it could not."""
 
     @property
     def blocked(self) -> bool:
+        """``not allowed``."""
         return not self.allowed
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,11 +104,24 @@ class Decision:
 
 @dataclass(frozen=True)
 class Policy:
+    """How verdicts become decisions: strict or loose, categories ignored or always blocked,
+    rules per surface, and what happens when the guard could not judge.
+
+    ``Policy()`` is strict and fail-closed. Category and surface values may be given as
+    strings (``Policy(block_categories={"PII"}, surfaces={"retrieval": SurfaceRule(...)})``).
+    """
+
     mode: Mode = "strict"
+    """``"strict"``: Controversial is blocked like Unsafe; ``"loose"``: Controversial passes."""
     ignore_categories: frozenset[Category] = frozenset()
+    """A non-Safe verdict whose categories are all in this set is allowed."""
     block_categories: frozenset[Category] = frozenset()
+    """A verdict with any of these categories is blocked, whatever its risk."""
     surfaces: Mapping[Surface, SurfaceRule] = field(default_factory=dict)
+    """Overrides per :class:`Surface`; a surface without a rule follows the fields above."""
     fail_open: bool = False
+    """``False`` (fail-closed): what could not be judged is blocked; ``True``: it is allowed,
+    with a warning."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("strict", "loose"):
@@ -108,13 +134,17 @@ class Policy:
 
     @classmethod
     def strict(cls, **kw: object) -> Policy:
+        """``Policy(mode="strict", **kw)``."""
         return cls(mode="strict", **kw)  # type: ignore[arg-type]
 
     @classmethod
     def loose(cls, **kw: object) -> Policy:
+        """``Policy(mode="loose", **kw)``."""
         return cls(mode="loose", **kw)  # type: ignore[arg-type]
 
     def rule(self, surface: Surface | str) -> tuple[Mode, frozenset[Category], frozenset[Category], bool]:
+        """The effective ``(mode, ignore_categories, block_categories, enabled)`` on
+        ``surface``."""
         r = self.surfaces.get(Surface(surface), SurfaceRule())
         return (
             r.mode or self.mode,
@@ -124,6 +154,7 @@ class Policy:
         )
 
     def is_enabled(self, surface: Surface | str) -> bool:
+        """Whether content on ``surface`` is judged at all."""
         return self.rule(surface)[3]
 
     def decide(self, verdict: Verdict | None, surface: Surface | str = Surface.INPUT) -> Decision:
@@ -148,4 +179,5 @@ class Policy:
         return Decision(False, verdict, surface, f"{verdict.risk.value.lower()}; {mode} mode")
 
     def blocks(self, verdict: Verdict | None, surface: Surface | str = Surface.INPUT) -> bool:
+        """``decide(verdict, surface).blocked``."""
         return self.decide(verdict, surface).blocked

@@ -12,12 +12,15 @@ from .errors import GuardOutputError
 
 
 class RiskLevel(str, Enum):
+    """The model's risk level; the values are the model's own words."""
+
     SAFE = "Safe"
     CONTROVERSIAL = "Controversial"
     UNSAFE = "Unsafe"
 
     @property
     def severity(self) -> int:
+        """0 Safe, 1 Controversial, 2 Unsafe."""
         return _SEVERITY[self]
 
 
@@ -25,6 +28,9 @@ _SEVERITY = {RiskLevel.SAFE: 0, RiskLevel.CONTROVERSIAL: 1, RiskLevel.UNSAFE: 2}
 
 
 class Category(str, Enum):
+    """The model's categories; the values are the model's own words. ``JAILBREAK`` is only
+    given for prompts (and retrieved content, judged as a prompt)."""
+
     VIOLENT = "Violent"
     NON_VIOLENT_ILLEGAL_ACTS = "Non-violent Illegal Acts"
     SEXUAL_CONTENT = "Sexual Content or Sexual Acts"
@@ -54,28 +60,42 @@ class Verdict:
     """
 
     risk: RiskLevel
+    """Safe, Controversial or Unsafe."""
     categories: tuple[Category, ...] = ()
+    """The categories the model named (none when Safe)."""
     role: Role = Role.PROMPT
+    """Whether a prompt or a response was judged."""
     refusal: bool | None = None
+    """For a response: whether it refuses; ``None`` for a prompt."""
     raw: str | None = None
+    """The model's own answer."""
     scores: Mapping[str, float] | None = None
+    """Probabilities, where the model gives them (Stream)."""
     latency_s: float = 0.0
+    """Seconds the judgement took."""
     windows: int = 1
+    """How many windows the content was judged in (more than one when it was too long)."""
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    """Extra facts, e.g. ``unknown_categories``: category names the model wrote that are not
+    :class:`Category` values."""
 
     @property
     def is_safe(self) -> bool:
+        """``risk is RiskLevel.SAFE``."""
         return self.risk is RiskLevel.SAFE
 
     @property
     def is_unsafe(self) -> bool:
+        """``risk is RiskLevel.UNSAFE``."""
         return self.risk is RiskLevel.UNSAFE
 
     @property
     def is_controversial(self) -> bool:
+        """``risk is RiskLevel.CONTROVERSIAL``."""
         return self.risk is RiskLevel.CONTROVERSIAL
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (enums as their values; without ``metadata``)."""
         return {
             "risk": self.risk.value,
             "categories": [c.value for c in self.categories],
@@ -88,6 +108,7 @@ class Verdict:
         }
 
     def with_timing(self, latency_s: float) -> Verdict:
+        """A copy with ``latency_s`` set."""
         return replace(self, latency_s=latency_s)
 
 
