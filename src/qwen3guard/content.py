@@ -44,11 +44,9 @@ from .policy import Surface
 
 NonText = Literal["error", "skip"]
 
-#: The user turn an answer is judged after when its question is not known: the Gen template
-#: judges an answer only after a user turn (a leading assistant message is not rendered).
 NO_PROMPT = "(no question was given)"
-"""The user turn an answer is judged after when it has no prompt (Gen judges answers in the
-context of a question)."""
+"""The user turn an answer is judged after when its question is not known: the Gen template
+judges an answer only after a user turn (a leading assistant message is not rendered)."""
 
 TEXT_BLOCKS = frozenset({"text", "input_text", "output_text", "text-plain", "refusal"})
 REASONING_BLOCKS = frozenset({"reasoning", "thinking", "reasoning_content"})
