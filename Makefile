@@ -46,3 +46,8 @@ lint: install
 
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# sdists and wheels of the three packages: twine check, no test tooling, and a smoke test of the
+# wheels installed (not the checkout) in a new virtualenv.
+wheels: install
+	$(BIN)/python scripts/check_wheels.py --quiet --smoke
