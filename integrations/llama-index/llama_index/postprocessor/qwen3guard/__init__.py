@@ -11,6 +11,10 @@
 - :func:`moderate_agent_stream`: moderate what a ``FunctionAgent`` / ``AgentWorkflow`` run
   shows (streamed text, tool calls, tool results) and cancel the run when it turns unsafe.
 
+Every check is reported to LlamaIndex's instrumentation: a :class:`Qwen3GuardCheckEvent` (the
+decision; the judged text only when :func:`qwen3guard.tracing.set_trace_content` is on) inside a
+span named after the component, e.g. ``Qwen3GuardQueryEngine.screen``.
+
 Every class takes an optional ``guard`` (a :class:`qwen3guard.Qwen3Guard`); without one the
 process-wide default (:func:`qwen3guard.get_default_guard`, configured from the environment) is
 built on first use. ``policy`` overrides the guard's policy. Decisions are written under
@@ -19,6 +23,8 @@ built on first use. ``policy`` overrides the guard's policy. Decisions are writt
 
 from qwen3guard import DEFAULT_REFUSAL_MESSAGE, METADATA_KEY, Qwen3GuardViolation
 
+# first: this package's dispatcher exists before its modules' (the parent of their spans)
+from ._events import Qwen3GuardCheckEvent  # isort: skip
 from ._common import DEFAULT_VIOLATION_MESSAGE, NO_PROMPT
 from .agent import moderate_agent_stream
 from .base import Qwen3GuardNodePostprocessor
@@ -34,6 +40,7 @@ __all__ = [
     "GuardedFunctionTool",
     "GuardedTool",
     "Qwen3GuardChatEngine",
+    "Qwen3GuardCheckEvent",
     "Qwen3GuardNodePostprocessor",
     "Qwen3GuardQueryEngine",
     "Qwen3GuardViolation",

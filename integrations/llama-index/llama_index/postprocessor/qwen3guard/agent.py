@@ -36,6 +36,7 @@ from ._common import (
     resolve_guard,
     response_turns,
 )
+from ._events import CheckSpan, check_span
 from ._stream import Moderation
 
 Item = tuple[Messages, Surface]
@@ -102,14 +103,19 @@ async def moderate_agent_stream(
         raise run.error
 
 
+#: The name of the instrumentation spans around the agent stream's checks.
+SPAN_OWNER = "moderate_agent_stream"
+
+
 class _Turn:
     """One LLM call's streamed answer: the gate for its text, then a hold for the events that
     carry tool calls (released once the calls are judged, when the call ends)."""
 
-    def __init__(self, gate: StreamGate[AgentStream] | None) -> None:
+    def __init__(self, gate: StreamGate[AgentStream] | None, span: CheckSpan | None) -> None:
         self.mod: Moderation[AgentStream] = Moderation(self._text_of, self._cut)
         self.mod.opened(gate)
         self.gate = gate
+        self.span = span  # the instrumentation span of the gate's check (open while it runs)
         self.response = ""  # ``response`` of the last event released
         self.calls_held: list[Event] = []  # released by the gate, waiting on tool calls
         self.answer = ""  # the answer's text so far (without thinking), as the reader sees it
@@ -205,18 +211,24 @@ class _AgentRun:
     async def _stream(self, ev: AgentStream) -> list[Event]:
         if self.turn is None:
             gate: StreamGate[AgentStream] | None = None
+            span: CheckSpan | None = None
             if self.policy.is_enabled(Surface.OUTPUT):
-                gate = await StreamGate.aopen(self.guard, self.prompt, policy=self.policy)
-            self.turn = _Turn(gate)
+                span = CheckSpan(SPAN_OWNER, "stream", detached=True)
+                span.enter()
+                with span.active():
+                    gate = await StreamGate.aopen(self.guard, self.prompt, policy=self.policy)
+            self.turn = _Turn(gate, span)
             self.streamed = True
             if self.turn.mod.blocked:
                 self.error = self.turn.mod.error()
                 return []
         turn = self.turn
         text = turn.add(ev)
-        if turn.gate is None:
+        if turn.gate is None or turn.span is None:
             return turn.released([ev])
-        out = turn.released(turn.mod.step(await turn.gate.afeed(ev, text)))
+        with turn.span.active():
+            step = await turn.gate.afeed(ev, text)
+        out = turn.released(turn.mod.step(step))
         if turn.mod.blocked:
             self.error = turn.mod.error()
         return out
@@ -227,11 +239,21 @@ class _AgentRun:
             return []
         self.streamed_text = turn.answer
         out: list[Event] = []
-        if turn.gate is not None and not turn.gate.finished:
-            out = turn.released(turn.mod.step(await turn.gate.afinish()))
-            if turn.mod.blocked:
-                self.error = turn.mod.error()
-                return out
+        try:
+            if turn.gate is not None and turn.span is not None and not turn.gate.finished:
+                with turn.span.active():
+                    step = await turn.gate.afinish()
+                out = turn.released(turn.mod.step(step))
+                if turn.mod.blocked:
+                    self.error = turn.mod.error()
+                    return out
+        except BaseException as exc:
+            if turn.span is not None:
+                turn.span.exit(exc)
+            raise
+        finally:
+            if turn.span is not None:
+                turn.span.exit()
         calls = turn.tool_calls()
         decision = await self._judge_calls(calls)
         if decision is not None and decision.blocked:
@@ -242,9 +264,16 @@ class _AgentRun:
         return out + turn.calls_held
 
     async def close(self) -> None:
-        if self.turn is not None and self.turn.gate is not None and not self.turn.gate.finished:
+        turn = self.turn
+        if turn is not None and turn.gate is not None and not turn.gate.finished:
             with contextlib.suppress(Exception):  # freeing is best effort
-                await self.turn.gate.aabort()
+                if turn.span is not None:
+                    with turn.span.active():
+                        await turn.gate.aabort()
+                else:
+                    await turn.gate.aabort()
+        if turn is not None and turn.span is not None:
+            turn.span.exit()
 
     # -- events other than the LLM's stream ---------------------------------------------------
 
@@ -293,7 +322,8 @@ class _AgentRun:
     async def _first_block(self, items: list[Item]) -> Decision | None:
         if not items:
             return None
-        decisions = await self.guard.ascreen_batch(items, policy=self.policy)
+        with check_span(SPAN_OWNER):
+            decisions = await self.guard.ascreen_batch(items, policy=self.policy)
         return next((d for d in decisions if d.blocked), decisions[0])
 
 

@@ -22,6 +22,7 @@ from qwen3guard import (
 from qwen3guard.guard import could_not_judge, raise_if_blocked
 
 from ._common import Messages, log, resolve_guard, user_turn
+from ._events import check_span
 
 Action = Literal["drop", "raise", "annotate"]
 
@@ -109,7 +110,8 @@ class Qwen3GuardNodePostprocessor(BaseNodePostprocessor):
         decisions: list[Decision] = []
         for chunk in plan.chunks(self.batch_size):
             try:
-                decisions.extend(guard.screen_batch(chunk, policy=policy))
+                with check_span(self):
+                    decisions.extend(guard.screen_batch(chunk, policy=policy))
             except _GUARD_FAILURES as exc:  # the whole batch could not be judged
                 decisions.extend(could_not_judge(policy, exc, s) for _, s in chunk)
         return plan.finish(decisions)
@@ -126,7 +128,8 @@ class Qwen3GuardNodePostprocessor(BaseNodePostprocessor):
         async def run(chunk: list[Item]) -> list[Decision]:
             async with semaphore:
                 try:
-                    return await guard.ascreen_batch(chunk, policy=policy)
+                    with check_span(self):
+                        return await guard.ascreen_batch(chunk, policy=policy)
                 except _GUARD_FAILURES as exc:  # the whole batch could not be judged
                     return [could_not_judge(policy, exc, s) for _, s in chunk]
 

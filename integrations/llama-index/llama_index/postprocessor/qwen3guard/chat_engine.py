@@ -36,6 +36,7 @@ from ._common import (
     response_turns,
     user_turn,
 )
+from ._events import atraced_stream, check_span, traced_stream
 from ._stream import Moderation, amoderate_text, moderate_text
 
 Item = tuple[Messages, Surface]
@@ -124,7 +125,7 @@ class Qwen3GuardChatEngine(BaseChatEngine):
     ) -> AGENT_CHAT_RESPONSE_TYPE:
         items, blocked = self._input_items(message, chat_history)
         if blocked is None and items:
-            blocked = self._blocked_input(self.guard.screen_batch(items, policy=self.policy))
+            blocked = self._blocked_input(self._screen_batch(items))
         if blocked is not None:
             return self._refused(blocked, message, AgentChatResponse)
         response = self._engine.chat(message, chat_history)
@@ -132,7 +133,7 @@ class Qwen3GuardChatEngine(BaseChatEngine):
             return self._stream(response, message)
         if (answer := self._answer_messages(message, response.response)) is None:
             return response
-        decision = self.guard.screen(answer, Surface.OUTPUT, policy=self.policy)
+        decision = self._screen(answer)
         return self._judged(response, decision)
 
     async def achat(
@@ -140,7 +141,7 @@ class Qwen3GuardChatEngine(BaseChatEngine):
     ) -> AGENT_CHAT_RESPONSE_TYPE:
         items, blocked = self._input_items(message, chat_history)
         if blocked is None and items:
-            decisions = await self.guard.ascreen_batch(items, policy=self.policy)
+            decisions = await self._ascreen_batch(items)
             blocked = self._blocked_input(decisions)
         if blocked is not None:
             return self._refused(blocked, message, AgentChatResponse)
@@ -149,7 +150,7 @@ class Qwen3GuardChatEngine(BaseChatEngine):
             return self._stream(response, message)
         if (answer := self._answer_messages(message, response.response)) is None:
             return response
-        decision = await self.guard.ascreen(answer, Surface.OUTPUT, policy=self.policy)
+        decision = await self._ascreen(answer)
         return self._judged(response, decision)
 
     def stream_chat(
@@ -157,7 +158,7 @@ class Qwen3GuardChatEngine(BaseChatEngine):
     ) -> StreamingAgentChatResponse:
         items, blocked = self._input_items(message, chat_history)
         if blocked is None and items:
-            blocked = self._blocked_input(self.guard.screen_batch(items, policy=self.policy))
+            blocked = self._blocked_input(self._screen_batch(items))
         if blocked is not None:
             return self._refused(blocked, message, _RefusedStream)
         return self._stream(self._engine.stream_chat(message, chat_history), message)
@@ -167,11 +168,27 @@ class Qwen3GuardChatEngine(BaseChatEngine):
     ) -> StreamingAgentChatResponse:
         items, blocked = self._input_items(message, chat_history)
         if blocked is None and items:
-            decisions = await self.guard.ascreen_batch(items, policy=self.policy)
+            decisions = await self._ascreen_batch(items)
             blocked = self._blocked_input(decisions)
         if blocked is not None:
             return self._refused(blocked, message, _RefusedStream)
         return self._stream(await self._engine.astream_chat(message, chat_history), message)
+
+    def _screen_batch(self, items: list[Item]) -> list[Decision]:
+        with check_span(self):
+            return self.guard.screen_batch(items, policy=self.policy)
+
+    async def _ascreen_batch(self, items: list[Item]) -> list[Decision]:
+        with check_span(self):
+            return await self.guard.ascreen_batch(items, policy=self.policy)
+
+    def _screen(self, answer: Messages) -> Decision:
+        with check_span(self):
+            return self.guard.screen(answer, Surface.OUTPUT, policy=self.policy)
+
+    async def _ascreen(self, answer: Messages) -> Decision:
+        with check_span(self):
+            return await self.guard.ascreen(answer, Surface.OUTPUT, policy=self.policy)
 
     # -- what is judged -----------------------------------------------------------------------
 
@@ -302,14 +319,14 @@ class _GuardedStream(StreamingAgentChatResponse):
 
     @property
     def response_gen(self) -> Generator[str, None, None]:
-        gen = moderate_text(
+        gen = traced_stream(self._owner, moderate_text(
             self._inner.response_gen,
             self._owner.guard,
             self._prompt,
             policy=self._owner.policy,
             on_block=self._owner._on_block,
             on_done=self._done,
-        )
+        ))
         try:
             for text in gen:
                 self.unformatted_response += text
@@ -319,14 +336,14 @@ class _GuardedStream(StreamingAgentChatResponse):
             self._finish()
 
     async def async_response_gen(self) -> AsyncGenerator[str, None]:
-        gen = amoderate_text(
+        gen = atraced_stream(self._owner, amoderate_text(
             self._inner.async_response_gen(),
             self._owner.guard,
             self._prompt,
             policy=self._owner.policy,
             on_block=self._owner._on_block,
             on_done=self._done,
-        )
+        ))
         try:
             async for text in gen:
                 self.unformatted_response += text

@@ -36,6 +36,7 @@ from ._common import (
     response_turns,
     user_turn,
 )
+from ._events import atraced_stream, check_span, traced_stream
 from ._regenerate import (
     Continuation,
     LLMCall,
@@ -155,7 +156,7 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
     def _query(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
         query = query_bundle.query_str
         if (msgs := self._query_messages(query)) is not None:
-            decision = self.guard.screen(msgs, Surface.INPUT, policy=self.policy)
+            decision = self._screen(msgs, Surface.INPUT)
             if decision.blocked:
                 return self._blocked_query(decision, query)
         with capture_llm_call() as call:
@@ -164,13 +165,13 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
             return self._regenerate(response, query, call)
         if (answer := self._answer_messages(response, query)) is None:
             return self._guard_stream(response, query)
-        decision = self.guard.screen(answer, Surface.OUTPUT, policy=self.policy)
+        decision = self._screen(answer, Surface.OUTPUT)
         return self._judged(response, decision, answer[-1]["content"])
 
     async def _aquery(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
         query = query_bundle.query_str
         if (msgs := self._query_messages(query)) is not None:
-            decision = await self.guard.ascreen(msgs, Surface.INPUT, policy=self.policy)
+            decision = await self._ascreen(msgs, Surface.INPUT)
             if decision.blocked:
                 return self._blocked_query(decision, query)
         with capture_llm_call() as call:
@@ -179,8 +180,16 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
             return await self._aregenerate(response, query, call)
         if (answer := self._answer_messages(response, query)) is None:
             return self._guard_stream(response, query)
-        decision = await self.guard.ascreen(answer, Surface.OUTPUT, policy=self.policy)
+        decision = await self._ascreen(answer, Surface.OUTPUT)
         return self._judged(response, decision, answer[-1]["content"])
+
+    def _screen(self, messages: Messages, surface: Surface) -> Decision:
+        with check_span(self):
+            return self.guard.screen(messages, surface, policy=self.policy)
+
+    async def _ascreen(self, messages: Messages, surface: Surface) -> Decision:
+        with check_span(self):
+            return await self.guard.ascreen(messages, surface, policy=self.policy)
 
     # -- what is judged -----------------------------------------------------------------------
 
@@ -248,24 +257,24 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
                 metadata=response.metadata,
                 response_txt=None,
             )
-            sync.response_gen = moderate_text(
+            sync.response_gen = traced_stream(self, moderate_text(
                 response.response_gen,
                 self.guard,
                 prompt,
                 policy=self.policy,
                 on_block=self._on_block,
                 on_done=lambda run: _record(sync, run),
-            )
+            ))
             return sync
         if isinstance(response, AsyncStreamingResponse):
-            gen = amoderate_text(
+            gen = atraced_stream(self, amoderate_text(
                 response.response_gen,
                 self.guard,
                 prompt,
                 policy=self.policy,
                 on_block=self._on_block,
                 on_done=lambda run: _record(guarded, run),
-            )
+            ))
             guarded = AsyncStreamingResponse(
                 response_gen=gen,
                 source_nodes=response.source_nodes,
@@ -345,7 +354,7 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
                 finally:
                     _record_intervention(sync, record)
 
-            sync.response_gen = released()
+            sync.response_gen = traced_stream(self, released())
             return sync
         text = (
             response.response_txt or ""
@@ -354,7 +363,9 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
         )
         if not text.strip():
             return response
-        answer = "".join(intervene(self.guard, prompt, [text], again, **self._loop_options(record)))
+        answer = "".join(traced_stream(
+            self, intervene(self.guard, prompt, [text], again, **self._loop_options(record))
+        ))
         return self._regenerated(response, answer, record)
 
     async def _aregenerate(self, response: Any, query: str, call: LLMCall) -> RESPONSE_TYPE:
@@ -378,7 +389,7 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
                     _record_intervention(guarded, record)
 
             guarded = AsyncStreamingResponse(
-                response_gen=released(),  # type: ignore[arg-type]
+                response_gen=atraced_stream(self, released()),
                 source_nodes=response.source_nodes,
                 metadata=response.metadata,
             )
@@ -396,9 +407,9 @@ class Qwen3GuardQueryEngine(BaseQueryEngine):
         answer = "".join(
             [
                 t
-                async for t in aintervene(
+                async for t in atraced_stream(self, aintervene(
                     self.guard, prompt, _one(text), again, **self._loop_options(record)
-                )
+                ))
             ]
         )
         return self._regenerated(response, answer, record)

@@ -35,6 +35,7 @@ from ._common import (
     resolve_guard,
     tool_arguments,
 )
+from ._events import check_span
 
 
 class _ToolGuard:
@@ -104,30 +105,38 @@ class _ToolGuard:
             is_error=True,
         )
 
+    def _screen(self, messages: Messages, surface: Surface) -> Decision:
+        with check_span(self):
+            return self.guard.screen(messages, surface, policy=self.policy)
+
+    async def _ascreen(self, messages: Messages, surface: Surface) -> Decision:
+        with check_span(self):
+            return await self.guard.ascreen(messages, surface, policy=self.policy)
+
     # -- calls --------------------------------------------------------------------------------
 
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
         if (msgs := self._arguments(args, kwargs)) is not None:
-            decision = self.guard.screen(msgs, Surface.TOOL_CALL, policy=self.policy)
+            decision = self._screen(msgs, Surface.TOOL_CALL)
             if (out := self._outcome(decision, msgs[0]["content"], args, kwargs)) is not None:
                 return out
         output = _call_sync(self._inner, args, kwargs)
         judged = self._output(output)
         if isinstance(judged, list):
-            judged = self.guard.screen(judged, Surface.TOOL_RESULT, policy=self.policy)
+            judged = self._screen(judged, Surface.TOOL_RESULT)
         if judged is not None and (out := self._outcome(judged, output.content, args, kwargs)):
             return out
         return output
 
     async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
         if (msgs := self._arguments(args, kwargs)) is not None:
-            decision = await self.guard.ascreen(msgs, Surface.TOOL_CALL, policy=self.policy)
+            decision = await self._ascreen(msgs, Surface.TOOL_CALL)
             if (out := self._outcome(decision, msgs[0]["content"], args, kwargs)) is not None:
                 return out
         output = await adapt_to_async_tool(self._inner).acall(*args, **kwargs)
         judged = self._output(output)
         if isinstance(judged, list):
-            judged = await self.guard.ascreen(judged, Surface.TOOL_RESULT, policy=self.policy)
+            judged = await self._ascreen(judged, Surface.TOOL_RESULT)
         if judged is not None and (out := self._outcome(judged, output.content, args, kwargs)):
             return out
         return output
