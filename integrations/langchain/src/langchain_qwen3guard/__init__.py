@@ -22,6 +22,11 @@ thinking blocks, tool calls (also invalid ones and those in ``additional_kwargs`
 structured output; a content block the guard cannot read raises
 :class:`qwen3guard.InvalidInputError`. Streaming goes through the core
 :class:`qwen3guard.StreamGate`: only text the guard has settled is passed on.
+
+Every guard check is also a LangChain custom event named ``"qwen3guard"`` (``EVENT_NAME``) of
+the run that made it, with the decision (``qwen3guard.tracing.CheckEvent.to_dict()``): it
+shows up in ``astream_events(version="v2")`` as ``on_custom_event`` and in callback handlers'
+``on_custom_event``, so LangSmith and Langfuse record it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from qwen3guard import Qwen3GuardViolation
 
 from ._convert import DEFAULT_VIOLATION_MESSAGE, METADATA_KEY, NO_PROMPT
+from ._events import EVENT_NAME, register
 from .callbacks import AsyncQwen3GuardCallbackHandler, Qwen3GuardCallbackHandler
 from .chat_model import Qwen3GuardChatModel, guard_chat_model
 from .documents import Qwen3GuardDocumentFilter
@@ -42,8 +48,11 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+register()  # every guard check becomes a custom event "qwen3guard" of the current run
+
 __all__ = [
     "DEFAULT_VIOLATION_MESSAGE",
+    "EVENT_NAME",
     "METADATA_KEY",
     "NO_PROMPT",
     "PROMPT_CONFIG_KEY",
