@@ -35,9 +35,16 @@ from langchain_core.callbacks import (
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
+from langchain_core.runnables import (
+    Runnable,
+    RunnableBinding,
+    RunnableConfig,
+    RunnableParallel,
+    RunnableSequence,
+)
+from langchain_core.runnables.passthrough import RunnableAssign
 from langchain_core.tools import BaseTool
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from qwen3guard import (
     METADATA_KEY,
@@ -135,6 +142,9 @@ class Qwen3GuardChatModel(BaseChatModel):
     max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0)
     instruction: str = DEFAULT_INSTRUCTION
     continuation: Continuation = "auto"
+    # set on the copy that with_structured_output puts in the wrapped model's place: a tool
+    # call it makes is the structured answer (judged as the answer, surface output)
+    _structured: bool = PrivateAttr(default=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -203,29 +213,49 @@ class Qwen3GuardChatModel(BaseChatModel):
         tool_choice: str | None = None,
         **kwargs: Any,
     ) -> Runnable[Any, Any]:
-        """The wrapped model's ``bind_tools``, still guarded."""
-        inner = self.llm
+        """The wrapped model's ``bind_tools``, still guarded: like every chat model's, a
+        ``RunnableBinding`` of this model carrying the tools as the wrapped model formats
+        them (``kwargs["tools"]``, which LangGraph's ``create_react_agent`` reads); they are
+        passed on to the wrapped model at each call."""
         if tool_choice is not None:
             kwargs["tool_choice"] = tool_choice
-        if hasattr(inner, "bind_tools"):
-            bound = inner.bind_tools(tools, **kwargs)
-        elif isinstance(inner, RunnableBinding) and hasattr(inner.bound, "bind_tools"):
-            bound = inner.bound.bind_tools(tools, **kwargs).bind(**inner.kwargs)
-        else:
-            raise NotImplementedError(f"{type(inner).__name__} has no bind_tools()")
-        return self.model_copy(update={"llm": bound})
+        base: Any = self.llm
+        while isinstance(base, RunnableBinding):
+            base = base.bound
+        if not hasattr(base, "bind_tools"):
+            raise NotImplementedError(f"{type(base).__name__} has no bind_tools()")
+        bound = base.bind_tools(tools, **kwargs)
+        if isinstance(bound, RunnableBinding) and bound.bound is base and not bound.config:
+            return self.bind(**bound.kwargs)
+        # a bind_tools that returns something else (a model copy, a chain): guard that
+        if self.llm is not base and isinstance(self.llm, RunnableBinding):
+            bound = bound.bind(**self.llm.kwargs)
+        return self.model_copy(update={"llm": bound}).bind()
 
     def with_structured_output(
         self, schema: dict[str, Any] | type, *, include_raw: bool = False, **kwargs: Any
     ) -> Runnable[Any, Any]:
         """The wrapped model's own ``with_structured_output`` (native JSON modes keep
-        working), between a check of the request and a check of the parsed result (as
-        JSON, judged as the answer to the request). A blocked request or result raises
-        :class:`qwen3guard.Qwen3GuardViolation` (a structured result cannot be replaced)."""
+        working) with this guarded model in place of the wrapped one: the caller's callbacks
+        see this model's run (with ``ls_structured_output_format``), the wrapped model runs
+        outside them, and the output parser reads only what the guard has judged. The
+        request is judged (surface ``input``), a JSON answer is moderated as it streams, and
+        a structured output given as a tool call is judged as the answer (surface
+        ``output``). A blocked request or result raises
+        :class:`qwen3guard.Qwen3GuardViolation` (a structured result cannot be replaced).
+
+        Where the wrapped model's structured runnable does not call the wrapped model in a
+        way that can be swapped, it runs outside the caller's callbacks, between a check of
+        the request and a check of the parsed result (as JSON)."""
         inner: Any = _base_model(self.llm) or self.llm
         if not hasattr(inner, "with_structured_output"):
             raise NotImplementedError(f"{type(inner).__name__} has no with_structured_output()")
         structured = inner.with_structured_output(schema, include_raw=include_raw, **kwargs)
+        judge = self.model_copy(update={"exit_behavior": "error"})
+        judge._structured = True
+        swapped = _swap_model(structured, inner, judge)
+        if swapped is not None:
+            return swapped.with_config(run_name="Qwen3GuardStructuredOutput")
         return _GuardedStructured(guarded=self, structured=structured).with_config(
             run_name="Qwen3GuardStructuredOutput"
         )
@@ -355,7 +385,7 @@ class Qwen3GuardChatModel(BaseChatModel):
             on_block=self._blocked,
             text_of=_chunk_text,
             cut=_cut,
-            message_of=_message_of,
+            message_of=_structured_message_of if self._structured else _message_of,
             prompt=_session_prompt(conversation),
             check_prompt=self.check_input,
             prompt_text=_last_text(conversation),
@@ -417,7 +447,9 @@ class _GuardedStructured(Runnable[Any, Any]):
         if g.check_input and conv:
             decision = yield from screen_prompt(guard, _session_prompt(conv), g.policy)
             raise_if_blocked(decision, _last_text(conv))
-        result = yield Op(self.structured.invoke, self.structured.ainvoke, input, config,
+        # the wrapped model's raw answer does not reach the caller's callbacks unjudged
+        inner_config: RunnableConfig = {**(config or {}), **_INNER_CONFIG}
+        result = yield Op(self.structured.invoke, self.structured.ainvoke, input, inner_config,
                           **kwargs)
         if g.check_output:
             text = structured_text(result)
@@ -487,6 +519,59 @@ def _chunk_text(chunk: ChatGenerationChunk) -> str:
 
 def _message_of(chunk: ChatGenerationChunk) -> BaseMessage:
     return chunk.message
+
+
+def _structured_message_of(chunk: ChatGenerationChunk) -> BaseMessage:
+    """A chunk of a structured answer: the arguments of a tool call it streams are the
+    structured output (``additional_kwargs["parsed"]``, judged as the answer once the stream
+    has ended), not a call of a tool."""
+    message = chunk.message
+    calls = list(getattr(message, "tool_call_chunks", None) or [])
+    parsed = "".join(str(c.get("args") or "") for c in calls)
+    if not calls:
+        parsed = "".join(json.dumps(c["args"]) for c in getattr(message, "tool_calls", []))
+    parsed += "".join(str(c.get("args") or "") for c in
+                      getattr(message, "invalid_tool_calls", None) or [])
+    extra = dict(message.additional_kwargs)
+    function_call = extra.pop("function_call", None)
+    if isinstance(function_call, dict):
+        parsed += str(function_call.get("arguments") or "")
+    extra.pop("tool_calls", None)
+    if not parsed and extra == message.additional_kwargs:
+        return message
+    if parsed:
+        extra["parsed"] = parsed
+    return AIMessageChunk(content=message.content, additional_kwargs=extra, id=message.id)
+
+
+def _swap_model(runnable: Any, model: Any, guarded: Qwen3GuardChatModel) -> Any:
+    """``runnable`` (a structured-output chain of the wrapped ``model``) with ``guarded`` in
+    ``model``'s place, keeping what was bound to it; None where ``model`` is not found."""
+    if runnable is model:
+        return guarded
+    if isinstance(runnable, RunnableBinding):
+        if runnable.bound is model:
+            swapped: Runnable[Any, Any] = guarded.bind(**runnable.kwargs)
+            return swapped.with_config(runnable.config) if runnable.config else swapped
+        inner = _swap_model(runnable.bound, model, guarded)
+        return None if inner is None else runnable.model_copy(update={"bound": inner})
+    if isinstance(runnable, RunnableSequence):
+        steps = [_swap_model(step, model, guarded) for step in runnable.steps]
+        if all(step is None for step in steps):
+            return None
+        new = [n if n is not None else old for n, old in zip(steps, runnable.steps)]
+        return RunnableSequence(*new, name=runnable.name)
+    if isinstance(runnable, RunnableParallel):
+        branches = {k: _swap_model(v, model, guarded) for k, v in runnable.steps__.items()}
+        if all(v is None for v in branches.values()):
+            return None
+        return RunnableParallel(
+            {k: v if v is not None else runnable.steps__[k] for k, v in branches.items()}
+        )
+    if isinstance(runnable, RunnableAssign):
+        mapper = _swap_model(runnable.mapper, model, guarded)
+        return None if mapper is None else RunnableAssign(mapper)
+    return None
 
 
 def _cut(chunk: ChatGenerationChunk, text: str) -> ChatGenerationChunk:

@@ -1,0 +1,199 @@
+"""LangChain's standard chat-model tests (``langchain-tests`` 1.1.9) against
+``Qwen3GuardChatModel`` wrapping a deterministic tool-calling fake (``standard_fake``); the
+guard is the real built checkpoint (the ``guard`` fixture: Gen and Stream).
+
+``ChatModelUnitTests`` runs in full; ``ChatModelIntegrationTests`` runs offline against the
+fake: the capability flags say what the fake + wrapper do. Skipped, by flag or by the suite:
+
+- ``test_init_from_env``: the wrapper reads no attribute of its own from the environment (the
+  guard it uses by default, :func:`qwen3guard.get_default_guard`, does; that is the core's).
+- ``test_serdes``: ``is_lc_serializable()`` is False: a guard holds loaded model weights and
+  is not serialized, so a deserialized wrapper would be guarded by another guard (or none).
+- image / audio / video / PDF inputs and tool messages, Anthropic inputs: the fake reads text
+  only, and the guard judges text only (non-text blocks raise ``InvalidInputError``).
+- ``test_stream_time``: needs recorded provider HTTP traffic (VCR cassettes).
+
+The same suites also run against the fake alone (``TestFakeAlone*``), which shows that a
+failure of the wrapped class is the wrapper's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import RunnableBinding
+from langchain_qwen3guard import Qwen3GuardChatModel
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
+from lc_fakes import SAFE_ANSWER, UNSAFE_ANSWER, ScriptedChatModel, tool_call
+from pydantic import BaseModel
+from standard_fake import ChatStandardFake
+
+from qwen3guard import Qwen3Guard, Qwen3GuardViolation
+
+QUESTION = "What is the weather like today?"
+
+_GUARD: dict[str, Qwen3Guard] = {}
+
+
+@pytest.fixture(autouse=True)
+def _the_guard(guard: Qwen3Guard) -> None:
+    """The session's guard (real tiny checkpoints), for ``chat_model_params``."""
+    _GUARD["guard"] = guard
+
+
+class _Flags:
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    @property
+    def supports_model_override(self) -> bool:
+        return True
+
+    @property
+    def model_override_value(self) -> str | None:
+        return "standard-fake-2"
+
+    @property
+    def supports_image_inputs(self) -> bool:
+        return False
+
+    @property
+    def supports_image_urls(self) -> bool:
+        return False
+
+    @property
+    def supports_pdf_inputs(self) -> bool:
+        return False
+
+    @property
+    def supports_audio_inputs(self) -> bool:
+        return False
+
+    @property
+    def supports_video_inputs(self) -> bool:
+        return False
+
+    @property
+    def supports_image_tool_message(self) -> bool:
+        return False
+
+    @property
+    def supports_pdf_tool_message(self) -> bool:
+        return False
+
+    @property
+    def supports_anthropic_inputs(self) -> bool:
+        return False
+
+
+class _Guarded(_Flags):
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return Qwen3GuardChatModel
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"llm": ChatStandardFake(), "guard": _GUARD["guard"]}
+
+
+class _Alone(_Flags):
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return ChatStandardFake
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {}
+
+
+class TestGuardedUnit(_Guarded, ChatModelUnitTests):
+    pass
+
+
+class TestGuardedIntegration(_Guarded, ChatModelIntegrationTests):
+    pass
+
+
+class TestFakeAloneUnit(_Alone, ChatModelUnitTests):
+    pass
+
+
+class TestFakeAloneIntegration(_Alone, ChatModelIntegrationTests):
+    pass
+
+
+# -- what the standard suites found, and what they do not look at ----------------------------
+
+
+class Answer(BaseModel):
+    text: str
+
+
+def _unsafe_structured() -> ScriptedChatModel:
+    return ScriptedChatModel(script=[tool_call("Answer", {"text": UNSAFE_ANSWER})])
+
+
+def test_bind_tools_returns_a_binding_of_the_guarded_model(guard: Qwen3Guard) -> None:
+    """Like every chat model's: a ``RunnableBinding`` carrying the wrapped model's formatted
+    ``tools`` (what LangGraph's ``create_react_agent`` reads), bound to the guarded model."""
+    model = Qwen3GuardChatModel(llm=ChatStandardFake(), guard=guard)
+    bound = model.bind_tools([Answer], tool_choice="any")
+    assert isinstance(bound, RunnableBinding)
+    assert isinstance(bound.bound, Qwen3GuardChatModel)
+    assert [t["function"]["name"] for t in bound.kwargs["tools"]] == ["Answer"]
+    assert bound.kwargs["tool_choice"] == "any"
+    out = bound.invoke(QUESTION)
+    assert out.tool_calls[0]["name"] == "Answer"
+    # still guarded: an unsafe tool call is judged
+    unsafe = Qwen3GuardChatModel(llm=_unsafe_structured(), guard=guard).bind_tools([Answer])
+    with pytest.raises(Qwen3GuardViolation) as info:
+        unsafe.invoke(QUESTION)
+    assert info.value.stage == "tool_call"
+
+
+async def test_structured_output_never_shows_unjudged_text_in_events(guard: Qwen3Guard) -> None:
+    """The wrapped model's raw structured answer does not reach the caller's callbacks (the
+    traces and ``astream_events``) before the guard has judged it; the result is blocked."""
+    structured = Qwen3GuardChatModel(llm=_unsafe_structured(), guard=guard)
+    chain = structured.with_structured_output(Answer)
+    seen: list[Any] = []
+    with pytest.raises(Qwen3GuardViolation) as info:
+        async for event in chain.astream_events(QUESTION, version="v2"):
+            seen.append(event)
+    assert info.value.stage == "output"
+    leaked = [(e["event"], e["name"]) for e in seen if "explosive" in repr(e.get("data"))]
+    assert leaked == []
+
+
+async def test_structured_output_events_show_the_guarded_run(guard: Qwen3Guard) -> None:
+    """A safe structured answer: the chat-model run the caller sees is the guarded model's
+    (one, with ``ls_structured_output_format``), and the result is the parsed object."""
+    safe = ScriptedChatModel(script=[tool_call("Answer", {"text": SAFE_ANSWER})])
+    chain = Qwen3GuardChatModel(llm=safe, guard=guard).with_structured_output(Answer)
+    starts = [e async for e in chain.astream_events(QUESTION, version="v2")
+              if e["event"] == "on_chat_model_start"]
+    assert [e["name"] for e in starts] == ["Qwen3GuardChatModel"]
+    assert await chain.ainvoke(QUESTION) == Answer(text=SAFE_ANSWER)
+    json_chain = Qwen3GuardChatModel(llm=ChatStandardFake(), guard=guard).with_structured_output(
+        Answer, method="json_mode")
+    assert json_chain.invoke(QUESTION) == Answer(text=QUESTION)
