@@ -6,6 +6,10 @@ The site shows files that live outside ``docs/`` as they are, so they cannot dri
   pages of the site;
 - ``<!-- include PATH "Heading" -->`` in a page of ``docs/`` is replaced by the section of
   ``PATH`` under that heading (the build fails when the heading is gone);
+- ``<!-- cli-help -->`` is replaced by the ``--help`` of ``qwen3guard`` and of each of its
+  commands, from the CLI's own parser;
+- a notebook page says, under its title, that it shows the notebook as stored (without
+  outputs: the tests execute the notebooks, the repository keeps them clean);
 - a relative link in any of those is resolved against the file's place in the repository and
   pointed at the page that shows the target (a link to a repository file the site does not
   show is left alone, so ``mkdocs build --strict`` reports it).
@@ -34,6 +38,7 @@ SOURCES: dict[str, str] = {
     "cookbook/*.ipynb": "cookbook/*",
 }
 
+_CLI_HELP = "<!-- cli-help -->"
 _INCLUDE = re.compile(r'^<!-- include (\S+) "([^"]+)" -->[ \t]*$', re.MULTILINE)
 _LINK = re.compile(r"(\]\()([^)\s#]+)((?:#[^)\s]*)?\))")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -119,6 +124,30 @@ def _shift_headings(text: str, by: int) -> str:
     return "".join(out)
 
 
+def cli_help() -> str:
+    """``qwen3guard --help`` and each command's, as Markdown (80 columns, as a terminal)."""
+    import argparse
+    import os
+
+    from qwen3guard.cli import build_parser
+
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "80"
+    try:
+        parser = build_parser()
+        parts = ["## `qwen3guard`\n\n```text\n" + parser.format_help() + "```\n"]
+        for action in parser._subparsers._group_actions:  # type: ignore[union-attr]
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    parts.append(f"## `qwen3guard {name}`\n\n```text\n{sub.format_help()}```\n")
+    finally:
+        if old is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = old
+    return "\n".join(parts)
+
+
 def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
     uri = page.file.src_uri
     if not uri.endswith(".md"):  # notebooks are mkdocs-jupyter's
@@ -133,6 +162,26 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         return rewrite_links(_shift_headings(text, level - 1), path, uri)
 
     markdown = _INCLUDE.sub(include, markdown)
+    if _CLI_HELP in markdown:
+        markdown = markdown.replace(_CLI_HELP, cli_help())
     if page.file.abs_src_path:
         markdown = rewrite_links(markdown, Path(page.file.abs_src_path), uri)
     return markdown
+
+
+_NOTEBOOK_NOTE = (
+    '<div class="admonition note"><p class="admonition-title">A notebook, shown as stored</p>'
+    "<p>The repository keeps the notebooks without outputs: this page shows the code and the "
+    "text, and the tests execute every cell on the built-in small checkpoints. To see the "
+    'outputs, <a href="{download}">download the notebook</a> and run it as the '
+    '<a href="{index}">cookbook page</a> says.</p></div>'
+)
+
+
+def on_page_content(html: str, page: Page, config: MkDocsConfig, files: Files) -> str:
+    if not page.file.src_uri.endswith(".ipynb"):
+        return html
+    name = posixpath.basename(page.file.src_uri)
+    note = _NOTEBOOK_NOTE.format(download=name, index="../")
+    head, sep, rest = html.partition("</h1>")
+    return head + sep + note + rest if sep else note + html
