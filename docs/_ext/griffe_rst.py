@@ -47,11 +47,14 @@ def convert(text: str, known: dict[str, str]) -> str:
             full = known.get(target.rsplit(".", 1)[-1])
         return f"[`{shown}`][{full}]" if full else f"`{shown}`"
 
-    return _ROLE.sub(repl, text)
+    text = _ROLE.sub(repl, text)
+    # a reST literal block: "text::" is "text:" before it, a lone "::" nothing
+    text = re.sub(r"^[ \t]*::[ \t]*\n", "", text, flags=re.MULTILINE)
+    return re.sub(r"(\S)::[ \t]*\n", r"\1:\n", text)
 
 
 class RstRoles(griffe.Extension):
-    """Rewrite reST roles in every docstring Griffe loads."""
+    """Rewrite reST roles and literal-block markers in every docstring Griffe loads."""
 
     def __init__(self) -> None:
         super().__init__()
