@@ -5,6 +5,12 @@ One thread owns the model, so concurrent callers never share a forward pass's st
 callers that arrive together are served by one batched forward instead of a queue of single
 ones. Each caller gets its own Future back: results cannot cross between callers.
 
+Batching by the queue, not by a timer. When the worker is free it takes what is queued at once:
+a request that is alone goes to the model without waiting for company (batching never costs a
+lone caller anything), and what arrives while a batch runs waits for that batch only and then
+goes as the next batch, as many as ``max_batch`` (and ``max_batch_cost``) allow. Under load the
+batches grow by themselves, since everything queued during one generate goes in the next.
+
 Fairness. Each ``submit_many`` call is one request, and batches are filled round-robin over the
 requests waiting, one item at a time, a request not served yet first: a request of forty windows
 does not queue ahead of one that arrives after it; the later one rides in the next batch. With ``cost`` and
@@ -34,7 +40,7 @@ class MicroBatcher(Generic[T, R]):
         run_batch: Callable[[list[T]], Sequence[R]],
         *,
         max_batch: int = 16,
-        max_wait_s: float = 0.002,
+        max_wait_s: float = 0.0,
         name: str = "qwen3guard-batcher",
         cost: Callable[[T], int] | None = None,
         max_batch_cost: int | None = None,
@@ -45,6 +51,7 @@ class MicroBatcher(Generic[T, R]):
             raise ValueError("max_batch_cost needs a cost function and must be >= 1")
         self._run_batch = run_batch
         self.max_batch = max_batch
+        # Accepted for compatibility and ignored: a batch goes when the worker is free.
         self.max_wait_s = max_wait_s
         self._cost = cost
         self.max_batch_cost = max_batch_cost
@@ -95,9 +102,8 @@ class MicroBatcher(Generic[T, R]):
                 self._cond.wait()
             if not self._queued:
                 return None
-            # Give callers arriving at the same moment a chance to share this batch.
-            if self._queued < self.max_batch and self.max_wait_s > 0:
-                self._cond.wait(timeout=self.max_wait_s)
+            # No timer: what is queued now goes now (alone, if it is alone); what arrives
+            # while this batch runs is the next batch.
             return self._fill()
 
     def _fill(self) -> list[tuple[T, Future[R]]]:

@@ -6,6 +6,14 @@ batched together and never share state. Batches are filled round-robin over the 
 and capped at ``max_batch_tokens`` padded tokens (default: one full context on CPU, where
 batching long windows buys nothing, four on GPU), so one call with many long windows cannot
 hold the model away from the others for long (see :mod:`qwen3guard.batching`).
+
+The shared template prefix. Every Gen prompt starts with the same tokens (the task and the
+safety policy, a few hundred tokens, up to where the conversation begins; one prefix for prompt
+checks, one for response checks). Their key/value cache is computed once per prefix and copied
+into each batch, so a batch's prefill covers only the conversations: a batched row costs a few
+tokens of prefill instead of the whole template (vLLM's prefix caching does the same). Between
+the prefix and each conversation the batch is padded (masked), so every prompt still ends at the
+last column and keeps its unpadded positions.
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ class TransformersGenBackend(GenBackend):
         max_new_tokens: int = 64,
         max_batch_size: int = 32,
         max_context_tokens: int | None = None,
-        batch_wait_s: float = 0.002,
+        batch_wait_s: float = 0.0,
         max_batch_tokens: int | None = None,
         max_window_tokens: int | None = None,
         tokenizer: Any = None,
@@ -94,9 +102,13 @@ class TransformersGenBackend(GenBackend):
         # Content tokens per window (default: what the context leaves). Smaller windows hold
         # the model for less time each: the most a small request waits behind a long one.
         self.max_window_tokens = max_window_tokens
+        # Template prefixes (longest first) and their caches, computed in the worker thread.
+        self._prefixes = _template_prefixes(self.encoder) if _prefix_cacheable(self.model) else []
+        self._prefix_kv: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
+        # batch_wait_s is accepted for compatibility and has no effect: see qwen3guard.batching.
         self._batcher: MicroBatcher[list[int], str] = MicroBatcher(
             self._generate_batch, max_batch=max_batch_size, max_wait_s=batch_wait_s,
-            name="qwen3guard-gen", cost=len, max_batch_cost=max_batch_tokens,
+            name="qwen3guard-gen", cost=self._cost, max_batch_cost=max_batch_tokens,
         )
 
     # -- public backend API --------------------------------------------------------------
@@ -185,15 +197,47 @@ class TransformersGenBackend(GenBackend):
             return [refused if isinstance(p, list) else p for p in prepared], []
         return prepared, self._batcher.submit_many(good)
 
+    def _prefix_of(self, ids: list[int]) -> list[int]:
+        """The longest template prefix ``ids`` starts with and goes beyond ([] for none)."""
+        for prefix in self._prefixes:
+            if len(ids) > len(prefix) and ids[: len(prefix)] == prefix:
+                return prefix
+        return []
+
+    def _cost(self, ids: list[int]) -> int:
+        """An item's padded cost in a batch: its tokens after the cached template prefix."""
+        return len(ids) - len(self._prefix_of(ids))
+
     def _generate_batch(self, batch: list[list[int]]) -> list[str]:
-        torch = self._torch
+        """One batch; items with different template prefixes (prompt and response checks
+        together) run as one generate per prefix."""
         t0 = time.perf_counter()
-        width = max(len(ids) for ids in batch)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, ids in enumerate(batch):
+            groups.setdefault(tuple(self._prefix_of(ids)), []).append(i)
+        texts: list[str] = [""] * len(batch)
+        for prefix, rows in groups.items():
+            for i, text in zip(rows, self._generate_rows([batch[i] for i in rows], list(prefix))):
+                texts[i] = text
+        log.debug("gen batch of %d in %.3fs", len(batch), time.perf_counter() - t0)
+        return texts
+
+    def _generate_rows(self, batch: list[list[int]], prefix: list[int]) -> list[str]:
+        torch = self._torch
+        fixed = len(prefix)
+        tails = [ids[fixed:] for ids in batch]
+        width = fixed + max(len(t) for t in tails)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):  # left padding: every prompt ends at the last column
-            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention[row, width - len(ids):] = 1
+        if fixed:
+            input_ids[:, :fixed] = torch.tensor(prefix, dtype=torch.long)
+            attention[:, :fixed] = 1
+        for row, tail in enumerate(tails):  # padded before the tail: every prompt ends last
+            input_ids[row, width - len(tail):] = torch.tensor(tail, dtype=torch.long)
+            attention[row, width - len(tail):] = 1
+        extra: dict[str, Any] = {}
+        if fixed:
+            extra["cache"] = self._prefix_cache(prefix, len(batch))
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids.to(self.device),
@@ -203,14 +247,70 @@ class TransformersGenBackend(GenBackend):
                 num_beams=1,
                 eos_token_id=self.eos_ids,
                 pad_token_id=self.pad_id,
+                **extra,
             )
         texts: list[str] = []
         stop = set(self.eos_ids) | {self.pad_id}
         for row in out[:, width:].tolist():
             cut = next((i for i, t in enumerate(row) if t in stop), len(row))
             texts.append(str(self.tokenizer.decode(row[:cut], skip_special_tokens=False)))
-        log.debug("gen batch of %d in %.3fs", len(batch), time.perf_counter() - t0)
         return texts
+
+    def _prefix_cache(self, prefix: list[int], rows: int) -> Any:
+        """A fresh cache holding ``prefix``'s keys and values for ``rows`` rows (the prefix's
+        own forward runs once, the first time; generate grows copies, never the original)."""
+        from transformers import DynamicCache
+
+        torch = self._torch
+        key = tuple(prefix)
+        layers = self._prefix_kv.get(key)
+        if layers is None:
+            with torch.inference_mode():
+                out = self.model(
+                    input_ids=torch.tensor([prefix], dtype=torch.long, device=self.device),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+            layers = [(layer.keys, layer.values) for layer in cache.layers]
+            self._prefix_kv[key] = layers
+        cache = DynamicCache(config=self.model.config)
+        for i, (k, v) in enumerate(layers):
+            cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)
+        return cache
+
+
+def _prefix_cacheable(model: Any) -> bool:
+    """Whether a prefix's cache can be copied into a batch: every layer attends to the whole
+    context (no sliding window, no recurrent state)."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config(decoder=True) if config is not None else None
+    if text is None or getattr(text, "use_sliding_window", False):
+        return False
+    types = getattr(text, "layer_types", None) or ["full_attention"]
+    return all(t == "full_attention" for t in types)
+
+
+def _template_prefixes(encoder: ConversationEncoder, min_tokens: int = 16) -> list[list[int]]:
+    """The tokens every prompt check and every response check starts with: the common prefix of
+    two conversations that differ from their first content on. Longest first."""
+    probes = (
+        ([{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]),
+        (
+            [{"role": "user", "content": "a"}, {"role": "assistant", "content": "c"}],
+            [{"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}],
+        ),
+    )
+    found: list[list[int]] = []
+    for one, two in probes:
+        try:
+            x, y = encoder.encode(one), encoder.encode(two)
+        except Exception:  # noqa: BLE001 - a template that does not render these: no prefix
+            continue
+        n = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+        if n >= min_tokens and x[:n] not in found:
+            found.append(x[:n])
+    return sorted(found, key=len, reverse=True)
 
 
 def _merge(
