@@ -210,29 +210,35 @@ class StreamSession:
         return self._alock
 
     async def afeed_text(self, chunk: str) -> StreamUpdate:
+        """:meth:`feed_text`, awaited (the model work runs off the event loop)."""
         if not isinstance(chunk, str):
             raise InvalidInputError(f"afeed_text() takes a str, not {type(chunk).__name__}")
         async with self._async_lock():
             return await self._afeed_text(chunk)
 
     async def afeed_ids(self, ids: Sequence[int]) -> StreamUpdate:
+        """:meth:`feed_ids`, awaited."""
         ids = _as_id_list(ids)
         async with self._async_lock():
             return await self._afeed_ids(ids)
 
     async def aclose(self) -> StreamUpdate:
+        """:meth:`close`, awaited."""
         async with self._async_lock():
             return await self._aclose()
 
     async def aend(self) -> StreamUpdate:
+        """:meth:`end`, awaited."""
         async with self._async_lock():
             return await self._aend()
 
     async def arollback(self, offset: int) -> StreamUpdate:
+        """:meth:`rollback`, awaited."""
         async with self._async_lock():
             return await self._arollback(offset)
 
     async def aabort(self) -> None:
+        """:meth:`abort`, awaited."""
         async with self._async_lock():
             await asyncio.to_thread(self.abort)
 
@@ -341,11 +347,17 @@ class StreamBackend(Protocol):
 
     name: str
 
-    def open_session(self, prompt_messages: Any, **options: Any) -> StreamSession: ...
+    def open_session(self, prompt_messages: Any, **options: Any) -> StreamSession:
+        """Judge the prompt and open a session for its answer."""
+        ...
 
-    async def aopen_session(self, prompt_messages: Any, **options: Any) -> StreamSession: ...
+    async def aopen_session(self, prompt_messages: Any, **options: Any) -> StreamSession:
+        """:meth:`open_session`, awaited."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Free the model or the connection."""
+        ...
 
 
 def open_session(guard: Qwen3Guard, prompt_messages: Any, **kwargs: Any) -> StreamSession:
