@@ -22,6 +22,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from langchain_core.caches import InMemoryCache
+from langchain_core.globals import set_llm_cache
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import RunnableBinding
 from langchain_qwen3guard import Qwen3GuardChatModel
@@ -31,7 +33,7 @@ from lc_fakes import SAFE_ANSWER, UNSAFE_ANSWER, ScriptedChatModel, tool_call
 from pydantic import BaseModel
 from standard_fake import ChatStandardFake
 
-from qwen3guard import Qwen3Guard, Qwen3GuardViolation
+from qwen3guard import Policy, Qwen3Guard, Qwen3GuardViolation
 
 QUESTION = "What is the weather like today?"
 
@@ -197,3 +199,22 @@ async def test_structured_output_events_show_the_guarded_run(guard: Qwen3Guard) 
     json_chain = Qwen3GuardChatModel(llm=ChatStandardFake(), guard=guard).with_structured_output(
         Answer, method="json_mode")
     assert json_chain.invoke(QUESTION) == Answer(text=QUESTION)
+
+
+def test_an_llm_cache_is_keyed_by_the_guard_configuration(guard: Qwen3Guard) -> None:
+    """With LangChain's LLM cache on, an answer cached by a model guarded one way (here: the
+    answer not moderated) is not served to a model guarded another way."""
+    set_llm_cache(InMemoryCache())
+    try:
+        loose = Qwen3GuardChatModel(
+            llm=ScriptedChatModel(script=[UNSAFE_ANSWER]), guard=guard, check_output=False
+        )
+        assert loose.invoke(QUESTION).content == UNSAFE_ANSWER
+        strict = Qwen3GuardChatModel(llm=ScriptedChatModel(script=[UNSAFE_ANSWER]), guard=guard)
+        with pytest.raises(Qwen3GuardViolation):
+            strict.invoke(QUESTION)
+        lenient = strict.model_copy(update={"policy": Policy(mode="loose")})
+        assert strict._get_llm_string() != lenient._get_llm_string()
+        assert strict._get_llm_string() == strict.model_copy()._get_llm_string()
+    finally:
+        set_llm_cache(None)

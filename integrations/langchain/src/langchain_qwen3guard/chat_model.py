@@ -178,10 +178,28 @@ class Qwen3GuardChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
+        """The wrapped model's, and how it is guarded: part of the key of LangChain's LLM
+        cache (an answer cached under one guard configuration is not served under another)
+        and of the traced invocation parameters."""
         inner = _base_model(self.llm)
         return {
             "guarded": dict(getattr(inner, "_identifying_params", {}) or {}),
             "guarded_type": getattr(inner, "_llm_type", type(self.llm).__name__),
+            "guard": self._guard_params(),
+        }
+
+    def _guard_params(self) -> dict[str, Any]:
+        guard = self.guard
+        policy = self.policy if self.policy is not None or guard is None else guard.policy
+        return {
+            "gen": None if guard is None else _model_id(guard.gen),
+            "stream": None if guard is None else _model_id(guard.stream),
+            "default_guard": guard is None,
+            "policy": repr(policy),
+            "check_input": self.check_input,
+            "check_output": self.check_output,
+            "exit_behavior": self.exit_behavior,
+            "violation_message": self.violation_message,
         }
 
     @property
@@ -519,6 +537,17 @@ def _chunk_text(chunk: ChatGenerationChunk) -> str:
 
 def _message_of(chunk: ChatGenerationChunk) -> BaseMessage:
     return chunk.message
+
+
+def _model_id(backend: Any) -> str | None:
+    """A guard backend's model name or path (``model_id`` / ``model``), or its type."""
+    if backend is None:
+        return None
+    for attr in ("model_id", "model", "model_name"):
+        value = getattr(backend, attr, None)
+        if isinstance(value, str):
+            return value
+    return type(backend).__name__
 
 
 def _structured_message_of(chunk: ChatGenerationChunk) -> BaseMessage:
