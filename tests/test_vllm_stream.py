@@ -21,10 +21,9 @@ from qwen3guard.stream.vllm import VLLMStreamBackend, VLLMStreamSession
 from tests import vllm_stream_fixtures as fx
 from tests.support.launch import free_port
 
-# The fixtures this module uses (tests/vllm_stream_fixtures.py).
-vllm_stream_python = fx.vllm_stream_python
-vllm_stream = fx.vllm_stream
-vllm_stream_url = fx.vllm_stream_url
+# The fixtures (tests/vllm_stream_fixtures.py), registered once as a plugin: a session-scoped
+# fixture imported into several modules would start one server per module.
+pytest_plugins = ["tests.vllm_stream_fixtures"]
 BLOCK_SIZE = fx.BLOCK_SIZE
 
 pytestmark = pytest.mark.vllm

@@ -15,8 +15,7 @@ from qwen3guard import Qwen3Guard
 from qwen3guard.stream.vllm import VLLMStreamBackend
 from tests import vllm_stream_fixtures as fx
 
-vllm_stream_python = fx.vllm_stream_python
-vllm_stream = fx.vllm_stream
+pytest_plugins = ["tests.vllm_stream_fixtures"]  # one server for all modules
 
 pytestmark = pytest.mark.vllm
 

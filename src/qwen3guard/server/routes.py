@@ -93,6 +93,8 @@ async def health(request: Request) -> dict[str, Any]:
         "model": s.model_name,
         "gen": s.guard.gen is not None,
         "stream": s.guard.stream is not None,
+        # "vllm-stream": sessions live in a vLLM server's prefix cache, not in this process
+        "stream_backend": getattr(s.guard.stream, "name", None),
         "stream_sessions": len(s.slots),
     }
 

@@ -32,11 +32,17 @@ recomputes the prefix once.
 - ``cache_salt``: requests with different salts never share cached blocks (vLLM hashes the
   salt into the first block), so tenants cannot time each other's prompts through the cache.
   Pass one per tenant to the backend, or ``open_stream(..., cache_salt=...)`` per session.
+- ``session_header`` (default ``x-session-id``): every request of a session carries this
+  header with the session's id (``open_stream(..., session_id=...)``, default a random one), so
+  a router with session affinity (consistent hashing on the header: vLLM's ``vllm-router
+  --policy consistent_hash``, nginx ``hash $http_x_session_id consistent``) sends a session's
+  requests to the replica that has its prefix cached. ``session_header=None`` sends none.
+  Without affinity the verdicts are the same, only slower (docs/stream_on_vllm.md, scale-out).
 - Failures: a refused connection, a timeout, an HTTP error or a malformed answer raise
   :class:`~qwen3guard.GuardUnavailableError` / :class:`~qwen3guard.GuardOutputError`, and the
   session refuses further feeds (an answer that was not judged is never taken as Safe; the
-  gate applies the policy's fail-closed rule). Connection errors are retried
-  ``max_retries`` times first: a request is idempotent, it carries the whole prefix.
+  gate applies the policy's fail-closed rule). Connection errors and a router's 502/503/504 are
+  retried ``max_retries`` times first: a request is idempotent, it carries the whole prefix.
 
 HTTP or in process: this backend talks to a vLLM server over HTTP; the same
 :class:`~qwen3guard.vllm.io_processor.StreamIOProcessor` request works with vLLM's in-process
@@ -107,7 +113,9 @@ class VLLMStreamBackend:
     ``model``); the client plans prompts exactly as the local session does. ``cache_salt``:
     the default salt of every request (one per tenant); a session may pass its own.
     ``submit_every``: tokens per request (see the module docstring). ``read_cache=False``
-    makes every request compute its whole prefix (a baseline for benchmarks)."""
+    makes every request compute its whole prefix (a baseline for benchmarks).
+    ``session_header``: the header that carries each session's id, for a router with session
+    affinity (None: no header). ``headers``: sent with every request (e.g. a gateway's)."""
 
     name = "vllm-stream"
 
@@ -134,6 +142,8 @@ class VLLMStreamBackend:
         max_context_tokens: int | None = None,
         read_cache: bool = True,
         log_requests: int = 100_000,
+        session_header: str | None = "x-session-id",
+        headers: dict[str, str] | None = None,
     ) -> None:
         import httpx
         import torch
@@ -151,7 +161,11 @@ class VLLMStreamBackend:
         self.cache_salt = cache_salt
         self.submit_every = int(submit_every)
         self.read_cache = bool(read_cache)
-        self._http = httpx.Client(timeout=self.timeout, headers=self._headers())
+        self.session_header = session_header or None
+        self.extra_headers = dict(headers or {})
+        self._http = httpx.Client(
+            timeout=self.timeout, headers={**self.extra_headers, **self._headers()}
+        )
         self._torch = torch
         server_len: int | None = None
         root = model
@@ -218,7 +232,7 @@ class VLLMStreamBackend:
 
     def crop(self, cache: Any, length: int) -> Any:
         """The prefix cut back to ``length`` ids (a rollback)."""
-        return None if cache is None else _Prefix(cache.ids[:length], cache.salt)
+        return None if cache is None else _Prefix(cache.ids[:length], cache.salt, cache.session_id)
 
     def forward(
         self,
@@ -234,16 +248,18 @@ class VLLMStreamBackend:
         rows of the last ``last`` positions (default: all of ``ids``)."""
         prefix = cache.ids if cache is not None else []
         if cache is not None:
-            salt = cache.salt
+            salt, sid = cache.salt, cache.session_id
         else:
             salt = salt or getattr(self._tls, "salt", None) or self.cache_salt
+            sid = getattr(self._tls, "session_id", None)
         full = [*prefix, *ids]
         n = len(ids) if last is None else last
         want = len(full) - n
         if not self.read_cache:  # a baseline: every request computes its whole prefix
-            data = self._pool(full, want, query_index, salt, read_cache=False)
-            return self._step(data["rows"], data.get("query"), n, query_index), _Prefix(full, salt)
-        data = self._pool(full, want, query_index, salt)
+            data = self._pool(full, want, query_index, salt, read_cache=False, session_id=sid)
+            step = self._step(data["rows"], data.get("query"), n, query_index)
+            return step, _Prefix(full, salt, sid)
+        data = self._pool(full, want, query_index, salt, session_id=sid)
         rows = list(data["rows"])
         hi = data["first"]
         while hi > want:
@@ -251,7 +267,7 @@ class VLLMStreamBackend:
             # tokens further): vLLM returns rows only for what it computes, and it always
             # computes at least the last token. Ask for the prefix that ends where the rows
             # began; each step computes at most the gap plus one block.
-            more = self._pool(full[:hi], want, None, salt, fill=True)
+            more = self._pool(full[:hi], want, None, salt, fill=True, session_id=sid)
             if more["first"] >= hi:
                 raise GuardOutputError("vLLM did not return the rows asked for")
             rows = list(more["rows"]) + rows
@@ -259,10 +275,10 @@ class VLLMStreamBackend:
         query = data.get("query")
         if query_index is not None and query is None:
             query = self._pool(full[: query_index + 1], query_index, query_index, salt,
-                               fill=True).get("query")
+                               fill=True, session_id=sid).get("query")
             if query is None:
                 raise GuardOutputError("vLLM did not return the query heads asked for")
-        return self._step(rows, query, n, query_index), _Prefix(full, salt)
+        return self._step(rows, query, n, query_index), _Prefix(full, salt, sid)
 
     def _step(
         self, rows: Any, query: Any, n: int, query_index: int | None
@@ -292,6 +308,11 @@ class VLLMStreamBackend:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
+    def _session_headers(self, session_id: str | None) -> dict[str, str] | None:
+        if self.session_header and session_id:
+            return {self.session_header: session_id}
+        return None
+
     def _served_model(self) -> tuple[str, str, int | None]:
         """(served name, checkpoint path or hub id, max_model_len) of the only model."""
         try:
@@ -317,6 +338,7 @@ class VLLMStreamBackend:
         *,
         read_cache: bool = True,
         fill: bool = False,
+        session_id: str | None = None,
     ) -> dict[str, Any]:
         if self._closed:
             raise GuardUnavailableError("the vLLM Stream backend has been closed")
@@ -334,15 +356,19 @@ class VLLMStreamBackend:
         attempt = 0
         while True:
             try:
-                r = self._http.post(self.url, json=body)
-                break
+                r = self._http.post(self.url, json=body, headers=self._session_headers(session_id))
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 if attempt >= self.max_retries:
                     raise _unavailable(f"vLLM at {self.url}", exc) from exc
-                attempt += 1
-                time.sleep(0.2 * attempt)
             except Exception as exc:  # noqa: BLE001 - timeouts and the rest: no retry
                 raise _unavailable(f"vLLM at {self.url}", exc) from exc
+            else:
+                # A router in front of the replicas answers 502/503/504 for a replica that went
+                # away; the request carries the whole prefix, so another replica can answer it.
+                if r.status_code not in _GATEWAY_ERRORS or attempt >= self.max_retries:
+                    break
+            attempt += 1
+            time.sleep(0.2 * attempt)
         if r.status_code != 200:
             raise GuardUnavailableError(
                 f"vLLM at {self.url} answered HTTP {r.status_code}: {r.text[:500]}"
@@ -366,12 +392,17 @@ class VLLMStreamBackend:
         return data
 
 
+_GATEWAY_ERRORS = frozenset({502, 503, 504})
+
+
 @dataclass(frozen=True)
 class _Prefix:
-    """What a vLLM session keeps instead of a KV cache: the ids it has sent, and its salt."""
+    """What a vLLM session keeps instead of a KV cache: the ids it has sent, its salt and its
+    id (the affinity header's value)."""
 
     ids: list[int]
     salt: str | None = None
+    session_id: str | None = None
 
 
 def _unavailable(what: str, exc: BaseException) -> GuardUnavailableError:
@@ -386,7 +417,8 @@ class VLLMStreamSession(LocalStreamSession):
     """A moderation session on a vLLM-served Stream model (see the module docstring).
 
     Options besides the local session's (``policy``, ``debounce``, ``record_logits``):
-    ``cache_salt`` (default: the backend's) and ``submit_every`` (default: the backend's)."""
+    ``cache_salt`` (default: the backend's), ``submit_every`` (default: the backend's) and
+    ``session_id`` (the affinity header's value; default a random hex id)."""
 
     _backend: VLLMStreamBackend  # type: ignore[assignment]
 
@@ -400,7 +432,10 @@ class VLLMStreamSession(LocalStreamSession):
         record_logits: bool = False,
         cache_salt: str | None = None,
         submit_every: int | None = None,
+        session_id: str | None = None,
     ) -> None:
+        import uuid
+
         k = backend.submit_every if submit_every is None else int(submit_every)
         if k < 1:
             raise InvalidInputError("submit_every must be >= 1")
@@ -410,7 +445,9 @@ class VLLMStreamSession(LocalStreamSession):
         self._force = False
         self._failure: Qwen3GuardError | None = None
         self._salt = cache_salt if cache_salt is not None else backend.cache_salt
+        self.session_id = session_id or uuid.uuid4().hex
         backend._tls.salt = self._salt  # the prompt's requests (open, windows) carry it
+        backend._tls.session_id = self.session_id
         try:
             super().__init__(
                 backend,  # type: ignore[arg-type]
@@ -421,6 +458,7 @@ class VLLMStreamSession(LocalStreamSession):
             )
         finally:
             backend._tls.salt = None
+            backend._tls.session_id = None
 
     @property
     def submit_every(self) -> int:
@@ -461,7 +499,11 @@ class VLLMStreamSession(LocalStreamSession):
         ctx = self._backend.max_context_tokens
         keep = max(0, (ctx - len(head)) // 2)
         recent = list(self._recent)[-keep:] if keep else []
-        _, cache = self._backend.forward(head + recent, None, last=0, salt=salt)
+        self._backend._tls.session_id = self.session_id
+        try:
+            _, cache = self._backend.forward(head + recent, None, last=0, salt=salt)
+        finally:
+            self._backend._tls.session_id = None
         self._kv.cache = cache
         self._cache_len = len(head) + len(recent)
         self._slides += 1
