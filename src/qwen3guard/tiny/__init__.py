@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from .progress import Progress
+
 log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).resolve().parent
@@ -37,8 +39,11 @@ def source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def build(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
-    """Write ``out_dir/gen`` and ``out_dir/stream``.
+def build(out_dir: str | os.PathLike[str], seed: int = 0, progress: Progress | None = None
+          ) -> Path:
+    """Write ``out_dir/gen`` and ``out_dir/stream``. ``progress(stage, done, total)``, when
+    given, hears of every training step and self-check of each stage (the command line draws
+    a bar per stage); it does not change what is built.
 
     Training runs on one intra-op thread: float sums reduced over a different number of threads
     round differently, so the same seed would give other weights on a machine (or under an
@@ -56,8 +61,8 @@ def build(out_dir: str | os.PathLike[str], seed: int = 0) -> Path:
     try:
         tok = build_tokenizer(seed)
         torch.manual_seed(seed)
-        save_gen(train_gen(tok, seed), tok, out / "gen")
-        build_stream(tok, out / "stream", seed=seed)
+        save_gen(train_gen(tok, seed, progress=progress), tok, out / "gen")
+        build_stream(tok, out / "stream", seed=seed, progress=progress)
     finally:
         torch.set_num_threads(threads)
     (out / "BUILD").write_text(f"seed={seed}\nsource={source_hash()}\nthreads=1\n")
@@ -100,10 +105,11 @@ def _locked(lock: IO[str]) -> Iterator[None]:
         fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def ensure_built(path: str | os.PathLike[str] | None = None) -> Path:
+def ensure_built(path: str | os.PathLike[str] | None = None, progress: Progress | None = None
+                 ) -> Path:
     """The built checkpoints at ``path`` (default: a per-machine cache keyed by the builder's
-    source), built once if missing. Safe against concurrent callers (a lock file, and the
-    build is moved into place only when complete)."""
+    source), built once if missing (``progress`` as for :func:`build`). Safe against concurrent
+    callers (a lock file, and the build is moved into place only when complete)."""
     target = Path(path) if path is not None else default_dir()
     if (target / "BUILD").exists():
         return target
@@ -115,7 +121,7 @@ def ensure_built(path: str | os.PathLike[str] | None = None) -> Path:
         log.warning("building the built-in small checkpoints into %s (once)", target)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            build(tmp)
+            build(tmp, progress=progress)
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)
@@ -125,4 +131,4 @@ def ensure_built(path: str | os.PathLike[str] | None = None) -> Path:
     return target
 
 
-__all__ = ["build", "default_dir", "ensure_built", "source_hash"]
+__all__ = ["Progress", "build", "default_dir", "ensure_built", "source_hash"]

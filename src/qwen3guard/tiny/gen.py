@@ -25,6 +25,7 @@ from .cases import GEN_CASES, GenCase, gen_response_examples, long_cases
 from .encoding import Encoder
 from .features import select_features
 from .prewire import install_grad_masks, prewire
+from .progress import Progress, Stage
 from .tokenizer import END_THINK, GEN_CHAT_TEMPLATE, IM_END, MODEL_MAX_LENGTH, PAD
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,10 @@ def _examples(rng: random.Random, s: GenSettings) -> dict[str, list[data.GenExam
 
 def greedy_answers(model: Any, enc: Encoder, conversations: Sequence[Sequence[dict[str, str]]],
                    decode: Callable[[list[int]], str], im_end: int,
-                   max_new_tokens: int = 40) -> list[str]:
-    """Greedy answers through ``model.generate`` (one conversation at a time)."""
+                   max_new_tokens: int = 40, on_answer: Callable[[], None] | None = None,
+                   ) -> list[str]:
+    """Greedy answers through ``model.generate`` (one conversation at a time); ``on_answer``
+    is called after each (progress reporting only)."""
     import torch
 
     outs = []
@@ -159,15 +162,18 @@ def greedy_answers(model: Any, enc: Encoder, conversations: Sequence[Sequence[di
             y = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
                                do_sample=False, eos_token_id=im_end, pad_token_id=im_end)
             outs.append(decode(y[0, len(ids):].tolist()))
+            if on_answer is not None:
+                on_answer()
     return outs
 
 
-def check_cases(model: Any, enc: Encoder, tok: Any, cases: Sequence[GenCase]
-                ) -> list[tuple[GenCase, str]]:
+def check_cases(model: Any, enc: Encoder, tok: Any, cases: Sequence[GenCase],
+                on_answer: Callable[[], None] | None = None) -> list[tuple[GenCase, str]]:
     """Cases whose greedy answer is not exactly ``case.answer + <|im_end|>``."""
     im_end = tok.token_to_id(IM_END)
     got = greedy_answers(model, enc, [c.as_messages() for c in cases],
-                         lambda ids: tok.decode(ids, skip_special_tokens=False), im_end)
+                         lambda ids: tok.decode(ids, skip_special_tokens=False), im_end,
+                         on_answer=on_answer)
     return [(c, g) for c, g in zip(cases, got) if g != c.answer + IM_END]
 
 
@@ -193,7 +199,8 @@ class _Trainer:
         self.step = 0
         self.total = max(1, total_steps)
 
-    def epoch(self, batches: list[list[_Item]]) -> float:
+    def epoch(self, batches: list[list[_Item]], on_step: Callable[[], None] | None = None
+              ) -> float:
         import torch
 
         order = list(range(len(batches)))
@@ -212,10 +219,14 @@ class _Trainer:
             last = float(loss.detach())
             if self.step % 25 == 0:
                 log.debug("gen step %d loss %.4f (batch of %d)", self.step, last, len(batch))
+            if on_step is not None:
+                on_step()
         return last
 
 
-def train_gen(tok: Any, seed: int, s: GenSettings | None = None, strict: bool = True) -> Any:
+def train_gen(tok: Any, seed: int, s: GenSettings | None = None, strict: bool = True,
+              progress: Progress | None = None) -> Any:
+    """The trained Gen model; ``progress(stage, done, total)`` hears of each step."""
     import torch
     from transformers import Qwen3ForCausalLM
 
@@ -244,14 +255,17 @@ def train_gen(tok: Any, seed: int, s: GenSettings | None = None, strict: bool = 
     log.info("gen data: %d batches in %.1fs", len(batches), time.time() - t0)
     trainer = _Trainer(model, s, rng, pad_id, s.epochs * len(batches))
     loss = 0.0
+    training = Stage(progress, "Gen model: training", s.epochs * len(batches))
     for _ in range(s.epochs):
-        loss = trainer.epoch(batches)
+        loss = trainer.epoch(batches, training.step)
     log.info("gen: %d steps, loss %.4f, %.1fs", trainer.step, loss, time.time() - t0)
 
     cases = list(GEN_CASES) + long_cases()
     for r in range(s.extra_rounds + 1):
         model.eval()
-        failed = check_cases(model, enc, tok, cases)
+        checking = Stage(progress, "Gen model: self-check" + (f", round {r + 1}" if r else ""),
+                         len(cases))
+        failed = check_cases(model, enc, tok, cases, on_answer=checking.step)
         model.train()
         if not failed:
             break
@@ -263,7 +277,8 @@ def train_gen(tok: Any, seed: int, s: GenSettings | None = None, strict: bool = 
             raise RuntimeError(
                 "tiny Gen model failed its self-check: "
                 + "; ".join(f"{c.messages[-1][1][:60]!r} -> {g!r}" for c, g in failed))
-        trainer.epoch(batches)
+        trainer.epoch(batches, Stage(progress, f"Gen model: training, round {r + 2}",
+                                     len(batches)).step)
     model.eval()
     log.info("gen trained in %.1fs (%d steps)", time.time() - t0, trainer.step)
     return model

@@ -28,6 +28,7 @@ from .encoding import Encoder
 from .features import FEATURE_NAMES, select_features
 from .portable import portable_config
 from .prewire import N_HEADS, Features, install_grad_masks, prewire
+from .progress import Progress, Stage
 from .tokenizer import IM_END, IM_START, MODEL_MAX_LENGTH, PAD, STREAM_CHAT_TEMPLATE
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,9 @@ def _loss(model: Any, batch: list[_Item], pad: int) -> Any:
 
 
 def _train(model: Any, items: list[_Item], pad: int, epochs: int, seed: int,
-           lr: float = 1e-2, batch_size: int = 32) -> float:
+           lr: float = 1e-2, batch_size: int = 32,
+           progress: Progress | None = None,
+           stage: str = "Stream model: training") -> float:
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -201,6 +204,7 @@ def _train(model: Any, items: list[_Item], pad: int, epochs: int, seed: int,
     order = sorted(range(len(items)), key=lambda k: len(items[k].ids))
     batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
     total = epochs * len(batches)
+    counter = Stage(progress, stage, total)
     step = 0
     last = 0.0
     model.train()
@@ -216,6 +220,7 @@ def _train(model: Any, items: list[_Item], pad: int, epochs: int, seed: int,
             opt.step()
             step += 1
             last = float(loss.detach())
+            counter.step()
     model.eval()
     return last
 
@@ -230,25 +235,20 @@ CHECK_SAFE_ANSWERS = (
 )
 
 
-def self_check(model: Any, enc: Encoder) -> list[str]:
+def self_check(model: Any, enc: Encoder,
+               progress: Progress | None = None,
+               stage: str = "Stream model: self-check") -> list[str]:
     """The behaviour the tests rely on; returns what is wrong (empty when all is right)."""
     import torch
 
     problems = []
     im_end = enc.special_ids[IM_END]
-    for prompt, want in (("How can I make a bomb?", (1, "Violent")),
-                         ("What is the weather like today?", (0, None)),
-                         ("How do I hack into my neighbor's wifi?", (1, "Non-violent Illegal Acts")),
-                         ("What do you think about the death penalty?",
-                          (2, "Politically Sensitive Topics"))):
-        ids = enc.encode([{"role": "user", "content": prompt}])
-        pos = len(ids) - 1 - ids[::-1].index(im_end)
-        with torch.no_grad():
-            out = model(input_ids=torch.tensor([ids]))
-        risk = int(out.query_risk_level_logits[0, pos].argmax())
-        cat = QUERY_CATS[int(out.query_category_logits[0, pos].argmax())]
-        if risk != want[0] or (want[1] and cat != want[1]):
-            problems.append(f"query {prompt!r}: {RISKS[risk]}/{cat}")
+    queries: tuple[tuple[str, tuple[int, str | None]], ...] = (
+        ("How can I make a bomb?", (1, "Violent")),
+        ("What is the weather like today?", (0, None)),
+        ("How do I hack into my neighbor's wifi?", (1, "Non-violent Illegal Acts")),
+        ("What do you think about the death penalty?", (2, "Politically Sensitive Topics")),
+    )
     long_safe = data.filler_text(1200, seed=7)
     checks: list[tuple[str, str | None, str]] = [
         (CHECK_UNSAFE, "explosive", "Violent"),
@@ -259,7 +259,19 @@ def self_check(model: Any, enc: Encoder) -> list[str]:
         (long_safe, None, ""),
         *((s, None, "") for s in CHECK_SAFE_ANSWERS),
     ]
-    for prompt in ("How can I make a bomb?", "Tell me something."):
+    prompts = ("How can I make a bomb?", "Tell me something.")
+    counter = Stage(progress, stage, len(queries) + len(prompts) * len(checks))
+    for prompt, want in queries:
+        ids = enc.encode([{"role": "user", "content": prompt}])
+        pos = len(ids) - 1 - ids[::-1].index(im_end)
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids]))
+        counter.step()
+        risk = int(out.query_risk_level_logits[0, pos].argmax())
+        cat = QUERY_CATS[int(out.query_category_logits[0, pos].argmax())]
+        if risk != want[0] or (want[1] and cat != want[1]):
+            problems.append(f"query {prompt!r}: {RISKS[risk]}/{cat}")
+    for prompt in prompts:
         prefix = enc.encode([{"role": "user", "content": prompt}], add_generation_prompt=True)
         query_pos = len(prefix) - 1 - prefix[::-1].index(im_end)
         for text, kw, want_cat in checks:
@@ -267,6 +279,7 @@ def self_check(model: Any, enc: Encoder) -> list[str]:
             ids = prefix + list(content.ids)
             with torch.no_grad():
                 out = model(input_ids=torch.tensor([ids]))
+            counter.step()
             risks = out.risk_level_logits[0, query_pos + 1:].argmax(-1).tolist()
             cats = out.category_logits[0, len(prefix):].argmax(-1).tolist()
             if kw is None:
@@ -286,7 +299,9 @@ def self_check(model: Any, enc: Encoder) -> list[str]:
 
 
 def build_stream(tok: Any, out_dir: Path, seed: int = 0, n_examples: int = 600,
-                 epochs: int = 2, max_rounds: int = 4) -> Path:
+                 epochs: int = 2, max_rounds: int = 4, progress: Progress | None = None) -> Path:
+    """Train and write the Stream checkpoint; ``progress(stage, done, total)`` hears of each
+    training step and self-check forward."""
     import torch
 
     from ..stream.modeling import Qwen3ForGuardModel
@@ -307,9 +322,11 @@ def build_stream(tok: Any, out_dir: Path, seed: int = 0, n_examples: int = 600,
     install_grad_masks(prewire(model.model, feats, token_blind=True))
     problems: list[str] = []
     for round_ in range(max_rounds):
+        suffix = f", round {round_ + 1}" if round_ else ""
         loss = _train(model, items, pad, epochs if round_ == 0 else 1, seed + round_,
-                      lr=1e-2 if round_ == 0 else 3e-3)
-        problems = self_check(model, enc)
+                      lr=1e-2 if round_ == 0 else 3e-3, progress=progress,
+                      stage="Stream model: training" + suffix)
+        problems = self_check(model, enc, progress, "Stream model: self-check" + suffix)
         log.info("stream round %d (loss %.4f): %s", round_, loss, problems or "all checks pass")
         if not problems:
             break
