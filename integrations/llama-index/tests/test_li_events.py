@@ -4,7 +4,7 @@ root dispatcher (where Arize Phoenix / OpenInference attach theirs) see one
 named after the component; the judged text only when content tracing is on.
 
 Real LlamaIndex pieces (a VectorStoreIndex with a mock embedding, a RetrieverQueryEngine, a
-CondensePlusContextChatEngine, FunctionTools), judged by the built-in checkpoints."""
+SimpleChatEngine, FunctionTools, a FunctionAgent), judged by the built-in checkpoints."""
 
 from __future__ import annotations
 
@@ -17,15 +17,18 @@ from li_testkit import (
     POISON,
     SAFE_ANSWER,
     UNSAFE_ANSWER,
+    Script,
     ScriptedLLM,
     build_index,
 )
+from llama_index.core.agent.workflow import AgentStream, FunctionAgent
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.chat_engine import SimpleChatEngine
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
+from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import QueryBundle
 from llama_index.core.tools import FunctionTool
@@ -35,6 +38,7 @@ from llama_index.postprocessor.qwen3guard import (
     Qwen3GuardNodePostprocessor,
     Qwen3GuardQueryEngine,
     guard_tool,
+    moderate_agent_stream,
 )
 from llama_index.postprocessor.qwen3guard._events import InstrumentationObserver
 
@@ -289,3 +293,33 @@ def test_chat_engine_events(guard, trace, streaming):
     _in_span(spans, checks[0], "Qwen3GuardChatEngine", "screen")
     for check in checks[1:]:
         _in_span(spans, check, "Qwen3GuardChatEngine", kind)
+
+
+# The workflows library inspects agents (pydantic models) with inspect.getmembers.
+@pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince20")
+@pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince211")
+async def test_agent_stream_events(guard, trace):
+    events, spans = trace
+    script = Script(tool="search", kwargs={"query": "weather in Paris"},
+                    final="It is sunny in Paris today.", delay_s=0.001)
+
+    def search(query: str) -> str:
+        """Search the web."""
+        return "It is sunny in Paris."
+
+    agent = FunctionAgent(tools=[FunctionTool.from_defaults(fn=search)],
+                          llm=MockFunctionCallingLLM(response_generator=script))
+    handler = agent.run("What is the weather in Paris?")
+    shown = ""
+    async for ev in moderate_agent_stream(handler, guard=guard):
+        if isinstance(ev, AgentStream):
+            shown += ev.delta
+    assert shown == "It is sunny in Paris today."
+    checks = events.checks()
+    seen = {(c.surface, c.allowed, c.kind) for c in checks}
+    # the tool call and its result are screened; the streamed answer goes through the gate
+    assert {("tool_call", True, "screen"), ("tool_result", True, "screen"),
+            ("output", True, "stream")} <= seen
+    assert all(c.allowed for c in checks)
+    for check in checks:
+        _in_span(spans, check, "moderate_agent_stream", check.kind)
