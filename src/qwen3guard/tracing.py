@@ -21,9 +21,13 @@ The judged text is not in events or spans unless content tracing is on
 
 With OpenTelemetry installed (``pip install qwen3guard[otel]``) each check is also one span of
 the tracer ``qwen3guard``, following the GenAI semantic conventions where they apply
-(``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model``, and a
-``gen_ai.evaluation.result`` span event), plus ``qwen3guard.*`` attributes for the decision.
-Without it nothing is imported and nothing is recorded.
+(``gen_ai.operation.name`` = ``"guard"``, ``gen_ai.provider.name`` = the backend's kind,
+``gen_ai.request.model``, ``error.type``, and a ``gen_ai.evaluation.result`` span event whose
+``gen_ai.evaluation.score.label`` is ``"allowed"`` or ``"blocked"``), plus ``qwen3guard.*``
+attributes for the decision (surface, allowed, risk, categories, reason, kind; content only
+when content tracing is on). A check that could not judge has error status. A batch is one
+span per item, children of one ``... batch`` span. Without OpenTelemetry nothing is imported
+and nothing is recorded.
 """
 
 from __future__ import annotations
