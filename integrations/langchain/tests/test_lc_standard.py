@@ -25,6 +25,7 @@ import pytest
 from langchain_core.caches import InMemoryCache
 from langchain_core.globals import set_llm_cache
 from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableBinding
 from langchain_qwen3guard import Qwen3GuardChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
@@ -218,3 +219,30 @@ def test_an_llm_cache_is_keyed_by_the_guard_configuration(guard: Qwen3Guard) -> 
         assert strict._get_llm_string() == strict.model_copy()._get_llm_string()
     finally:
         set_llm_cache(None)
+
+
+@pytest.mark.parametrize(
+    ("method", "include_raw"),
+    [("function_calling", True), ("json_schema", False), ("json_mode", True)],
+)
+async def test_structured_output_methods_are_judged_as_the_answer(
+    guard: Qwen3Guard, method: str, include_raw: bool
+) -> None:
+    """Every method of the wrapped model's structured output (a tool call, a JSON answer),
+    with and without ``include_raw``: a safe result comes back parsed; an unsafe one (the fake
+    echoes the request; the request check is off to reach the answer) is blocked as the
+    answer, and no event the caller sees carries it."""
+    model = Qwen3GuardChatModel(llm=ChatStandardFake(), guard=guard, check_input=False)
+    chain = model.with_structured_output(Answer, method=method, include_raw=include_raw)
+    result = await chain.ainvoke(QUESTION)
+    parsed = result["parsed"] if include_raw else result
+    assert parsed == Answer(text=QUESTION)
+    if include_raw:
+        assert isinstance(result["raw"], AIMessage)
+    seen: list[Any] = []
+    with pytest.raises(Qwen3GuardViolation) as info:
+        async for event in chain.astream_events(UNSAFE_ANSWER, version="v2"):
+            if not event["event"].endswith("_start"):  # those carry the caller's own input
+                seen.append(event)
+    assert info.value.stage == "output"
+    assert [e["event"] for e in seen if "explosive" in repr(e.get("data"))] == []
