@@ -10,6 +10,8 @@ The site shows files that live outside ``docs/`` as they are, so they cannot dri
   commands, from the CLI's own parser;
 - a notebook page says, under its title, that it shows the notebook as stored (without
   outputs: the tests execute the notebooks, the repository keeps them clean);
+- a list nested by two spaces (as GitHub reads it) is nested by four, as Python-Markdown
+  needs;
 - a relative link in any of those is resolved against the file's place in the repository and
   pointed at the page that shows the target (a link to a repository file the site does not
   show is left alone, so ``mkdocs build --strict`` reports it).
@@ -148,6 +150,19 @@ def cli_help() -> str:
     return "\n".join(parts)
 
 
+_NESTED_ITEM = re.compile(r"^ {2,3}(?=(?:[-*+]|\d+[.)]) )")
+
+
+def nest_lists(markdown: str) -> str:
+    """Indent list items nested by two or three spaces by four (outside code fences)."""
+    out, fenced = [], False
+    for line in markdown.splitlines(keepends=True):
+        if _FENCE.match(line):
+            fenced = not fenced
+        out.append(line if fenced else _NESTED_ITEM.sub("    ", line))
+    return "".join(out)
+
+
 def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
     uri = page.file.src_uri
     if not uri.endswith(".md"):  # notebooks are mkdocs-jupyter's
@@ -166,7 +181,7 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
         markdown = markdown.replace(_CLI_HELP, cli_help())
     if page.file.abs_src_path:
         markdown = rewrite_links(markdown, Path(page.file.abs_src_path), uri)
-    return markdown
+    return nest_lists(markdown)
 
 
 _NOTEBOOK_NOTE = (
