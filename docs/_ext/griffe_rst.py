@@ -1,5 +1,8 @@
 """A Griffe extension (mkdocs.yml, mkdocstrings' ``extensions``) for the docstrings' reST roles.
 
+Sphinx-style ``#:`` comments above an attribute are its docstring (Griffe reads only a string
+after the assignment).
+
 The docstrings are written for plain ``help()``: reST roles (``:class:`Policy```,
 ``:meth:`~qwen3guard.Qwen3Guard.screen```) and double-backtick literals. Markdown renders the
 literals as code already; the roles would show raw. A role becomes a link to the object's entry
@@ -59,6 +62,20 @@ class RstRoles(griffe.Extension):
     def __init__(self) -> None:
         super().__init__()
         self.known = documented()
+
+    def on_attribute_instance(self, *, attr: griffe.Attribute, **kwargs: Any) -> None:
+        if attr.docstring is not None or attr.lineno is None or attr.filepath is None:
+            return
+        lines = attr.lines_collection[attr.filepath]
+        comment: list[str] = []
+        i = attr.lineno - 2
+        while i >= 0 and lines[i].lstrip().startswith("#:"):
+            comment.insert(0, lines[i].lstrip()[2:].strip())
+            i -= 1
+        if comment:
+            attr.docstring = griffe.Docstring(
+                convert(" ".join(comment), self.known), lineno=i + 2, parent=attr
+            )
 
     def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
         if obj.docstring is not None and ":" in obj.docstring.value:
