@@ -127,9 +127,39 @@ def test_label_cli(gen_path: str, tmp_path: Path) -> None:
         "Unsafe", "Safe"]
 
 
-def test_demo_runs(gen_path: str, stream_path: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--model", gen_path, "--stream-model", stream_path]) == 0
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def demo_output(gen_path: str, stream_path: str) -> tuple[str, str]:
+    """The demo's stdout and stderr (run once for the tests below)."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        assert main(["demo", "--model", gen_path, "--stream-model", stream_path]) == 0
+    return out.getvalue(), err.getvalue()
+
+
+def test_demo_runs(demo_output: tuple[str, str]) -> None:
+    out, err = demo_output
     assert "How can I make a bomb?" in out and "BLOCK" in out and "allow" in out
     shown = next(line for line in out.splitlines() if line.strip().startswith("shown:"))
     assert "STOPPED at character" in out and "explosive" not in shown and "market" in shown
+    assert "Loading weights" not in out + err
+
+
+def _column_of(line: str, word: str) -> int:
+    """The display column (wide characters count 2) at which ``word`` starts in ``line``."""
+    import unicodedata
+
+    head = line[: line.index(word)]
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in head)
+
+
+def test_demo_table_aligns_after_cjk_text(demo_output: tuple[str, str]) -> None:
+    lines = demo_output[0].splitlines()
+    start = lines.index("== Prompts (strict policy)")
+    rows = [line for line in lines[start + 1:] if line.startswith("  ") and "->" in line]
+    assert len(rows) == 8 and any("炸弹" in row for row in rows)
+    risk = [next(w for w in (" Safe", " Unsafe", " Controversial") if w in row) for row in rows]
+    assert len({_column_of(row, w) for row, w in zip(rows, risk)}) == 1, rows
+    assert len({_column_of(row, "->") for row in rows}) == 1, rows

@@ -3,28 +3,165 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 TINY = "tiny"
 OFFICIAL_MAX_NEW_TOKENS = 128  # eval/eval_gen.py of QwenLM/Qwen3Guard @ 6a52eca
+# Where a model named on the command line is missing, what the user can do.
+MODEL_HINT = "pass --model DIR (a local checkpoint, or 'tiny' for the built-in small one)"
+STREAM_MODEL_HINT = ("pass --stream-model DIR (a local checkpoint, or 'tiny' for the built-in "
+                     "small one)")
+
+EXIT_STATUS = """\
+exit status:
+  0 allowed (moderate), or the command completed
+  1 blocked: the policy blocks the content (moderate)
+  2 error: unusable input, a model that cannot be loaded, a bad option (one line on
+    stderr; --debug or QWEN3GUARD_DEBUG=1 adds the traceback)
+  130 interrupted (Ctrl-C)
+"""
+
+LABEL_FIELDS = """\
+input (JSONL, one object per line): the conversation is read from the first of
+  "message" or "messages"  a list of {"role": ..., "content": ...} (the last
+                           message's role decides prompt or response moderation)
+  "prompt"                 a user prompt, with "response" (optional) the
+                           assistant's answer to judge
+  "text"                   a user prompt
+Every other field is copied unchanged.
+
+output: each input row with "qwen3guard" added (the verdict: "risk",
+"categories", "role", "refusal", "raw" model output, "latency_s", and "row",
+the input line's index), or "qwen3guard_error" ({"row", "error"}) when the row
+cannot be judged as given (not JSON, no conversation, empty content, output
+that does not parse). A guard that fails stops the run (exit status 2);
+running again resumes after the last complete output row.
+"""
+
+EVAL_FIELDS = """\
+input (JSONL, Qwen3GuardTest rows, one object per line):
+  "message"                the conversation: a list of {"role", "content"}; the
+                           last message's role decides prompt or response
+                           moderation ("messages", "prompt" + "response" or
+                           "text" are read too, as in `qwen3guard label`)
+  "label"                  the gold label: "Safe" or "Unsafe" (any case)
+  "source"                 optional: metrics are also given per source
+  "unsafe_start_index", "unsafe_end_index"
+                           optional, --mode stream: token indices (ids of the
+                           whole conversation rendered by the Stream model's chat
+                           template) of the first unsafe sentence; rows with
+                           them get detection-latency metrics
+A row without a conversation or a Safe/Unsafe label is listed as an error, not
+scored.
+"""
+
+
+def _debug_enabled(args: argparse.Namespace | None = None) -> bool:
+    env = os.environ.get("QWEN3GUARD_DEBUG", "").strip().lower()
+    return bool(getattr(args, "debug", False)) or env not in ("", "0", "false", "no")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _locate(name: str, hint: str) -> str:
+    from .defaults import locate_model
+
+    return locate_model(name, hint=hint)
+
+
+def _build_progress() -> Any:
+    """A reporter for the built-in checkpoints' build: one progress bar per stage on stderr
+    (tqdm, from the ``cli`` extra), or a line per stage without it."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with the cli extra
+        tqdm = None
+
+    state: dict[str, Any] = {"stage": None, "bar": None}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if stage != state["stage"]:
+            if state["bar"] is not None:
+                state["bar"].close()
+                state["bar"] = None
+            state["stage"] = stage
+            if tqdm is not None:
+                state["bar"] = tqdm(total=total, desc=stage, unit="step", file=sys.stderr,
+                                    dynamic_ncols=True, leave=True)
+            else:  # pragma: no cover
+                print(f"  {stage} ({total} steps)", file=sys.stderr, flush=True)
+        bar = state["bar"]
+        if bar is not None:
+            bar.update(done - bar.n)
+            if done >= total:
+                bar.close()
+                state["bar"] = None
+
+    return report
+
+
+def _ensure_tiny() -> Any:
+    """The built-in checkpoints' directory, built once with a progress bar per stage (the
+    builder itself says where it builds)."""
+    from .tiny import ensure_built
+
+    return ensure_built(progress=_build_progress())
 
 
 def _resolve_models(model: str | None, stream_model: str | None) -> tuple[str, str | None]:
-    """``tiny`` names the built-in small checkpoints (built on first use, offline)."""
+    """``tiny`` names the built-in small checkpoints (built on first use, offline). Other names
+    go through :func:`qwen3guard.defaults.locate_model`: a missing directory, or a hub model
+    that is neither reachable nor cached, fails at once with a one-line reason."""
     model = model or os.environ.get("QWEN3GUARD_MODEL") or "Qwen/Qwen3Guard-Gen-0.6B"
     if TINY in (model, stream_model):
-        from .tiny import ensure_built
-
-        root = ensure_built()
+        root = _ensure_tiny()
         if model == TINY:
             model = str(root / "gen")
         if stream_model == TINY:
             stream_model = str(root / "stream")
+    model = _locate(model, MODEL_HINT)
+    if stream_model is not None:
+        stream_model = _locate(stream_model, STREAM_MODEL_HINT)
     return model, stream_model
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Without transformers' "Loading weights" / "Writing model shards" bars (its
+    ``utils.logging.tqdm``, read in transformers 5.24 core_model_loading.py and
+    modeling_utils.py), restored afterwards for in-process callers. ``disable_progress_bar``
+    also turns huggingface_hub's bars off; those are turned back on (when they were on), so a
+    real download still shows its progress."""
+    try:
+        from huggingface_hub.utils import (
+            are_progress_bars_disabled,
+            disable_progress_bars,
+            enable_progress_bars,
+        )
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # no local extra: nothing loads here
+        yield
+        return
+    was_on, hub_was_off = hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    if not hub_was_off:
+        enable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+        if hub_was_off:
+            disable_progress_bars()
 
 
 def _guard(args: argparse.Namespace, *, stream: bool = False) -> Any:
@@ -46,26 +183,26 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    "built-in small checkpoint (default: $QWEN3GUARD_MODEL or Qwen3Guard-Gen-0.6B)")
     p.add_argument("--endpoint", help="use a served Gen model at this OpenAI-compatible base URL")
     p.add_argument("--endpoint-model", help="model name on the endpoint (default: the first)")
-    p.add_argument("--api-key", default=os.environ.get("QWEN3GUARD_API_KEY"))
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--policy", choices=["strict", "loose"], default="strict")
+    p.add_argument("--api-key", default=os.environ.get("QWEN3GUARD_API_KEY"),
+                   help="the endpoint's API key (default: $QWEN3GUARD_API_KEY)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if "
+                   "available, else cpu)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: float32 "
+                   "on CPU; bfloat16 on CUDA where supported, else float16)")
+    p.add_argument("--policy", choices=["strict", "loose"], default="strict",
+                   help="strict: Controversial is blocked; loose: it is allowed")
 
 
 def cmd_moderate(args: argparse.Namespace) -> int:
-    from . import InvalidInputError
-
+    """0 allowed, 1 blocked; an error (the input, the model) raises, and :func:`main` makes it
+    exit status 2 with one line on stderr."""
     with _guard(args) as guard:
-        try:
-            if args.response is not None:
-                verdict = guard.check_response(args.text, args.response)
-                surface = "output"
-            else:
-                verdict = guard.check_prompt(args.text)
-                surface = "input"
-        except InvalidInputError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        if args.response is not None:
+            verdict = guard.check_response(args.text, args.response)
+            surface = "output"
+        else:
+            verdict = guard.check_prompt(args.text)
+            surface = "input"
         decision = guard.decide(verdict, surface)
     if args.json:
         print(json.dumps({**verdict.to_dict(), "blocked": decision.blocked}, ensure_ascii=False))
@@ -82,6 +219,8 @@ def cmd_moderate(args: argparse.Namespace) -> int:
 def cmd_label(args: argparse.Namespace) -> int:
     from .labeling import label_file
 
+    if not os.path.isfile(args.input):  # before a model is loaded
+        raise FileNotFoundError(f"no such file: {args.input}")
     with _guard(args) as guard:
         stats = label_file(guard, args.input, args.output, batch_size=args.batch_size,
                            progress=not args.no_progress)
@@ -93,10 +232,10 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     from . import tiny
 
     if args.action == "build":
-        out = tiny.build(args.dir, seed=args.seed)
+        out = tiny.build(args.dir, seed=args.seed, progress=_build_progress())
         print(out)
     else:
-        print(tiny.ensure_built())
+        print(_ensure_tiny())
     return 0
 
 
@@ -129,6 +268,8 @@ def _eval_guard(args: argparse.Namespace) -> Any:
         stream_model = TINY if args.model == TINY else DEFAULT_STREAM_MODEL
     if stream_model == TINY:  # the built-in checkpoints' stream/ directory
         _, stream_model = _resolve_models(TINY, TINY)
+    else:
+        stream_model = _locate(stream_model, STREAM_MODEL_HINT)
     return Qwen3Guard.from_pretrained(
         None, stream_model=stream_model, device=args.device, dtype=args.dtype, policy=policy
     )
@@ -178,39 +319,63 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qwen3guard", description=__doc__)
+    raw = argparse.RawDescriptionHelpFormatter
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true",
+                        help="on an error, print the traceback too (or set QWEN3GUARD_DEBUG=1)")
+    parser = argparse.ArgumentParser(prog="qwen3guard", description=__doc__, epilog=EXIT_STATUS,
+                                     formatter_class=raw)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("moderate", help="judge one prompt, or a response with --response")
+    p = sub.add_parser("moderate", help="judge one prompt, or a response with --response",
+                       parents=[common], epilog=EXIT_STATUS, formatter_class=raw,
+                       description="Judge one prompt (or, with --response, the answer to it) "
+                       "and print the verdict and the policy's decision.")
     p.add_argument("text", help="the prompt (or, with --response, the prompt it answers)")
     p.add_argument("--response", help="judge this response to TEXT (includes refusal)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_model_args(p)
     p.set_defaults(func=cmd_moderate)
 
-    p = sub.add_parser("label", help="label a JSONL dataset; re-running resumes")
-    p.add_argument("input")
-    p.add_argument("output")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("label", help="label a JSONL dataset; re-running resumes",
+                       parents=[common], epilog=LABEL_FIELDS + "\n" + EXIT_STATUS,
+                       formatter_class=raw,
+                       description="Add a verdict to every row of a JSONL file.")
+    p.add_argument("input", help="the JSONL file to label (fields below)")
+    p.add_argument("output", help="the labeled JSONL file (resumed when it exists)")
+    p.add_argument("--batch-size", type=int, default=16, help="rows judged together")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.set_defaults(func=cmd_label)
 
-    p = sub.add_parser("tiny", help="build the built-in small checkpoints")
-    p.add_argument("action", choices=["build", "path"])
-    p.add_argument("dir", nargs="?", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("tiny", help="build the built-in small checkpoints", parents=[common],
+                       epilog=EXIT_STATUS, formatter_class=raw)
+    p.add_argument("action", choices=["build", "path"],
+                   help="build: into DIR; path: print the cached build's directory (built once "
+                   "if missing)")
+    p.add_argument("dir", nargs="?", default=None, help="where 'build' writes gen/ and stream/")
+    p.add_argument("--seed", type=int, default=0, help="the build's seed")
     p.set_defaults(func=cmd_tiny)
 
-    p = sub.add_parser("demo", help="offline demo on the built-in small checkpoints")
-    p.add_argument("--model", default=TINY)
-    p.add_argument("--stream-model", default=TINY)
+    p = sub.add_parser("demo", help="offline demo on the built-in small checkpoints",
+                       parents=[common], epilog=EXIT_STATUS, formatter_class=raw)
+    p.add_argument("--model", default=TINY, help="Gen checkpoint (default: tiny)")
+    p.add_argument("--stream-model", default=TINY, help="Stream checkpoint (default: tiny)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("eval", help="Qwen3GuardTest-style metrics on a JSONL file")
-    p.add_argument("input")
-    p.add_argument("--mode", choices=["gen", "stream"], default="gen")
-    p.add_argument("--stream-model", default=None)
+    p = sub.add_parser("eval", help="Qwen3GuardTest-style metrics on a JSONL file",
+                       parents=[common], epilog=EVAL_FIELDS + "\n" + EXIT_STATUS,
+                       formatter_class=raw,
+                       description="Unsafe precision / recall / F1 (and, in stream mode, "
+                       "detection latency) of a guard on labeled rows.")
+    p.add_argument("input", help="the JSONL file of labeled rows (fields below)")
+    p.add_argument("--mode", choices=["gen", "stream"], default="gen",
+                   help="gen: judge each row with the Gen model (--model or --endpoint); "
+                   "stream: with the Stream model, token by token (--stream-model), which also "
+                   "gives detection latency on rows with an unsafe span (default: gen)")
+    p.add_argument("--stream-model", default=None,
+                   help="--mode stream: the Stream checkpoint, a path, a hub id or 'tiny' "
+                   "(default: tiny with --model tiny, else Qwen/Qwen3Guard-Stream-0.6B)")
     p.add_argument("--report", help="write the JSON report here")
     p.add_argument("--thinking", action=argparse.BooleanOptionalAction, default=None,
                    help="stream mode: score the thinking too (default: when the answer has a "
@@ -218,8 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compat", choices=["official"], default=None,
                    help="also compute and print what the official eval_gen.py / eval_stream.py "
                    "(QwenLM/Qwen3Guard @ 6a52eca) print, on the same predictions")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--batch-size", type=int, default=16, help="gen mode: rows judged together")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_model_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -228,18 +393,31 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # the server extra is not installed
         pass
     else:
-        p = sub.add_parser("serve", help="serve Gen (OpenAI-compatible), moderations and Stream")
+        p = sub.add_parser("serve", help="serve Gen (OpenAI-compatible), moderations and Stream",
+                           parents=[common], epilog=EXIT_STATUS, formatter_class=raw)
         add_serve_arguments(p)
         p.set_defaults(func=run_serve)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit status: 0 allowed / done, 1 blocked, 2 error (one line on stderr,
+    the traceback with ``--debug`` or ``QWEN3GUARD_DEBUG=1``), 130 interrupted."""
     args = build_parser().parse_args(argv)
     if args.command == "tiny" and args.action == "build" and not args.dir:
         print("error: tiny build needs a DIR", file=sys.stderr)
         return 2
-    return int(args.func(args) or 0)
+    try:
+        with _quiet_loading():
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every failure: one line, exit status 2
+        if _debug_enabled(args):
+            traceback.print_exc()
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from .stream.gate import StreamGate
 
@@ -24,6 +25,37 @@ STREAMED_ANSWER = (
 )
 
 
+TEXT_COLUMNS = 46  # the first column's width, in terminal columns
+
+
+def _char_width(ch: str) -> int:
+    """Terminal columns of one character: 2 for East Asian wide and fullwidth characters,
+    0 for combining marks, else 1."""
+    if unicodedata.combining(ch):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def display_width(text: str) -> int:
+    """How many terminal columns ``text`` takes (CJK characters take two)."""
+    return sum(_char_width(ch) for ch in text)
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` cut and padded to exactly ``width`` terminal columns; cut text keeps a space
+    before the edge, and a wide character that would straddle it is left out."""
+    if display_width(text) > width:
+        kept, used = [], 0
+        for ch in text:
+            w = _char_width(ch)
+            if used + w > width - 2:
+                break
+            kept.append(ch)
+            used += w
+        text = "".join(kept)
+    return text + " " * (width - display_width(text))
+
+
 def _line(verdict: object, decision: object) -> str:
     cats = ", ".join(c.value for c in verdict.categories) or "None"  # type: ignore[attr-defined]
     refusal = verdict.refusal  # type: ignore[attr-defined]
@@ -42,7 +74,7 @@ def run_demo(model: str = "tiny", stream_model: str | None = "tiny") -> int:
         print("== Prompts (strict policy)")
         verdicts = guard.check_batch(PROMPTS)
         for text, v in zip(PROMPTS, verdicts):
-            print(f"  {text[:44]:<46} {_line(v, guard.decide(v, 'input'))}")
+            print(f"  {fit(text, TEXT_COLUMNS)} {_line(v, guard.decide(v, 'input'))}")
         loose = Policy.loose()
         v = verdicts[-1]
         print(f"  (loose policy on the last one: {'BLOCK' if loose.blocks(v) else 'allow'})")
@@ -50,7 +82,7 @@ def run_demo(model: str = "tiny", stream_model: str | None = "tiny") -> int:
         print("\n== Responses")
         for prompt, response in RESPONSES:
             v = guard.check_response(prompt, response)
-            print(f"  {response[:44]:<46} {_line(v, guard.decide(v, 'output'))}")
+            print(f"  {fit(response, TEXT_COLUMNS)} {_line(v, guard.decide(v, 'output'))}")
 
         if guard.stream is None:
             return 0
