@@ -26,7 +26,7 @@ from langchain_core.caches import InMemoryCache
 from langchain_core.globals import set_llm_cache
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
-from langchain_core.runnables import RunnableBinding
+from langchain_core.runnables import RunnableBinding, RunnableLambda
 from langchain_qwen3guard import Qwen3GuardChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
@@ -244,5 +244,30 @@ async def test_structured_output_methods_are_judged_as_the_answer(
         async for event in chain.astream_events(UNSAFE_ANSWER, version="v2"):
             if not event["event"].endswith("_start"):  # those carry the caller's own input
                 seen.append(event)
+    assert info.value.stage == "output"
+    assert [e["event"] for e in seen if "explosive" in repr(e.get("data"))] == []
+
+
+class _OpaqueStructured(ScriptedChatModel):
+    """A model whose structured output is a chain that does not show the model."""
+
+    def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:
+        return RunnableLambda(lambda value: schema(text=self.invoke(value).content))
+
+
+async def test_an_opaque_structured_output_runs_outside_the_callers_callbacks(
+    guard: Qwen3Guard,
+) -> None:
+    """Where the wrapped model cannot be swapped for the guarded one, its structured runnable
+    runs outside the caller's callbacks, between the request check and the result check."""
+    safe = Qwen3GuardChatModel(llm=_OpaqueStructured(script=[SAFE_ANSWER]), guard=guard)
+    assert await safe.with_structured_output(Answer).ainvoke(QUESTION) == Answer(text=SAFE_ANSWER)
+    unsafe = Qwen3GuardChatModel(llm=_OpaqueStructured(script=[UNSAFE_ANSWER]), guard=guard)
+    seen: list[Any] = []
+    with pytest.raises(Qwen3GuardViolation) as info:
+        async for event in unsafe.with_structured_output(Answer).astream_events(
+            QUESTION, version="v2"
+        ):
+            seen.append(event)
     assert info.value.stage == "output"
     assert [e["event"] for e in seen if "explosive" in repr(e.get("data"))] == []
