@@ -247,10 +247,18 @@ def _otel() -> Any:
     return trace
 
 
-def _tracer(otel: Any) -> Any:
-    from . import __version__
+_tracers: dict[int, Any] = {}
 
-    return otel.get_tracer("qwen3guard", __version__)
+
+def _tracer(otel: Any) -> Any:
+    """The ``qwen3guard`` tracer (cached: before a provider is set, the API hands out a proxy
+    that switches to the provider's tracer once one is set)."""
+    tracer = _tracers.get(id(otel))
+    if tracer is None:
+        from . import __version__
+
+        tracer = _tracers[id(otel)] = otel.get_tracer("qwen3guard", __version__)
+    return tracer
 
 
 def _span_name(model: str | None) -> str:
