@@ -27,6 +27,7 @@ from llama_index.core.chat_engine import SimpleChatEngine
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.events.span import SpanDropEvent
 from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
 from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llama_index.core.query_engine import RetrieverQueryEngine
@@ -37,6 +38,7 @@ from llama_index.postprocessor.qwen3guard import (
     Qwen3GuardCheckEvent,
     Qwen3GuardNodePostprocessor,
     Qwen3GuardQueryEngine,
+    Qwen3GuardViolation,
     guard_tool,
     moderate_agent_stream,
 )
@@ -240,6 +242,19 @@ async def test_streaming_query_engine_one_stream_event(guard, trace, use_async):
     # the stream's span is a child of the query's span, where the stream was made
     assert span.parent_id.startswith(
         "Qwen3GuardQueryEngine._aquery-" if use_async else "Qwen3GuardQueryEngine._query-")
+
+
+def test_a_raising_stream_drops_its_span(guard, trace):
+    events, spans = trace
+    engine = _engine(guard, UNSAFE_ANSWER, streaming=True)  # exit_behavior="error"
+    response = engine.query(SAFE_QUERY)
+    with pytest.raises(Qwen3GuardViolation):
+        "".join(response.response_gen)
+    flag = events.checks()[-1]
+    assert (flag.surface, flag.allowed, flag.kind) == ("output", False, "stream")
+    dropped = {s.id_ for s in spans.dropped_spans}
+    assert flag.span_id in dropped and flag.span_id.startswith("Qwen3GuardQueryEngine.stream-")
+    assert [e.span_id for e in events.events if isinstance(e, SpanDropEvent)] == [flag.span_id]
 
 
 async def test_streaming_content_when_tracing_content(guard, trace, content_on):

@@ -40,6 +40,7 @@ from llama_index.core.bridge.pydantic import Field
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.dispatcher import active_instrument_tags
 from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.events.span import SpanDropEvent
 from llama_index.core.instrumentation.span import active_span_id
 
 from qwen3guard import tracing
@@ -147,6 +148,8 @@ class CheckSpan:
                 result=list(self.checks),
             )
         else:
+            # as LlamaIndex's span decorator does: a SpanDropEvent, then the drop
+            self._call(dispatcher.event, event=SpanDropEvent(span_id=self.id_, err_str=str(err)))
             self._call(
                 dispatcher.span_drop,
                 id_=self.id_,
