@@ -3,9 +3,13 @@
     llm = Qwen3GuardChatModel(llm=ChatOpenAI(...), guard=guard)    # or guard_chat_model(...)
     agent = create_agent(llm, tools=[...])
 
-It behaves like the wrapped model (``bind_tools``, ``bind``, streaming, ``invoke`` / ``batch``
-and their async forms; ``with_structured_output`` delegates to the wrapped model's own and
-judges the request and the parsed result). Every call judges the prompt and moderates the
+It behaves like the wrapped model, and passes LangChain's standard chat-model tests
+(``langchain-tests``; ``tests/test_lc_standard.py``): ``bind_tools`` (a ``RunnableBinding``
+of the guarded model carrying the tools as the wrapped model formats them), ``bind``,
+streaming, ``invoke`` / ``batch`` and their async forms; ``with_structured_output`` is the
+wrapped model's own with the guarded model in its place (the request is judged, and the
+structured answer, a JSON text or a tool call, is judged as the answer before the parser
+reads it). Every call judges the prompt and moderates the
 answer through a Qwen3Guard-Stream session while it streams, so wherever the model is called
 from (a chain, an agent, a LangGraph graph streamed with ``stream_mode="messages"``,
 ``astream_events``) what leaves it has been moderated: chunks are passed on as soon as the
@@ -18,7 +22,10 @@ is rolled back to the start of the flagged sentence and the LLM continues the ke
 
 The wrapped model runs *outside* LangChain's callbacks: its own raw tokens never reach the
 caller's streaming handlers or traces as if they were this model's output; only the moderated
-chunks do. (Callbacks attached to the wrapped model itself still fire.)
+chunks do. (Callbacks attached to the wrapped model itself still fire.) The guard's
+configuration is part of the identifying parameters, so LangChain's LLM cache keeps answers
+cached under different guards, policies or checks apart. The model is not LangChain-serializable
+(``is_lc_serializable()`` is False): a guard holds loaded weights and is not serialized.
 """
 
 from __future__ import annotations
