@@ -35,6 +35,7 @@ EXPECTED_OUTPUT = (
     "Go for a walk in the park. Then cook a nice dinner",
     "The capital of France is Paris.",  # the LangChain chain's answer, judged safe
     "Paris is the capital of France.",  # the agent's answer after the guarded tool call
+    "input False",  # the tracing observer
 )
 
 # The guarded models the README leaves to the reader, as scripted fakes (the guard stays real).
