@@ -44,6 +44,21 @@ __all__ = ["DEFAULT_GEN_MODEL", "DEFAULT_STREAM_MODEL", "Conversation", "Qwen3Gu
 
 
 class Qwen3Guard:
+    """The guard: Qwen3Guard-Gen for whole texts, Qwen3Guard-Stream for streamed answers.
+
+    Build it with :meth:`from_pretrained` (in process), :meth:`from_endpoint` (a served model)
+    or :meth:`from_env`; or pass backends directly (``gen``, ``stream``: either may be None,
+    not both). ``policy`` turns verdicts into decisions (default ``Policy()``: strict, fail
+    closed). Without a Stream backend a streamed answer is re-checked by Gen every
+    ``stream_fallback_every`` tokens.
+
+    Three levels: ``check*`` return :class:`~qwen3guard.Verdict` (what the model said);
+    ``screen*`` return :class:`~qwen3guard.Decision` (what the policy makes of it, never
+    raising for unsafe content); ``enforce`` raises :class:`~qwen3guard.UnsafeContentError`
+    when blocked. Each has an async twin (``a`` prefix) sharing one plan; the guard is a
+    context manager that closes its backends.
+    """
+
     def __init__(
         self,
         gen: GenBackend | None = None,
@@ -169,12 +184,15 @@ class Qwen3Guard:
         return self.check_batch([messages])[0]
 
     async def acheck(self, messages: Conversation) -> Verdict:
+        """The async form of :meth:`check`."""
         return (await self.acheck_batch([messages]))[0]
 
     def check_prompt(self, text: Any, *, context: Sequence[Any] | None = None) -> Verdict:
+        """Judge ``text`` as a user prompt, after the earlier turns in ``context`` if given."""
         return self.check(prompt_messages(text, context))
 
     async def acheck_prompt(self, text: Any, *, context: Sequence[Any] | None = None) -> Verdict:
+        """The async form of :meth:`check_prompt`."""
         return await self.acheck(prompt_messages(text, context))
 
     def check_response(self, prompt: Any, response: Any) -> Verdict:
@@ -182,6 +200,7 @@ class Qwen3Guard:
         return self.check(response_messages(prompt, response))
 
     async def acheck_response(self, prompt: Any, response: Any) -> Verdict:
+        """The async form of :meth:`check_response`."""
         return await self.acheck(response_messages(prompt, response))
 
     @overload
@@ -216,6 +235,7 @@ class Qwen3Guard:
     async def acheck_batch(
         self, items: Sequence[Conversation], *, return_exceptions: bool = False
     ) -> list[Verdict] | list[Verdict | Exception]:
+        """The async form of :meth:`check_batch`."""
         plan = await asyncio.to_thread(self._plan, items)  # windows of a long input take time
         raws = await self._require_gen().agenerate(plan.flat) if plan.flat else []
         return plan.finish(raws, return_exceptions)
@@ -223,6 +243,7 @@ class Qwen3Guard:
     # -- policy -------------------------------------------------------------------------------
 
     def decide(self, verdict: Verdict | None, surface: Surface | str = Surface.INPUT) -> Decision:
+        """The guard's policy applied to ``verdict`` on ``surface`` (no model call)."""
         return self.policy.decide(verdict, surface)
 
     def screen(
@@ -245,6 +266,7 @@ class Qwen3Guard:
         *,
         policy: Policy | None = None,
     ) -> Decision:
+        """The async form of :meth:`screen`."""
         items = [(messages, surface)]
         return (await self._ascreen(items, policy, strict_input=True, batch=False))[0]
 
@@ -268,6 +290,7 @@ class Qwen3Guard:
         *,
         policy: Policy | None = None,
     ) -> list[Decision]:
+        """The async form of :meth:`screen_batch`."""
         return await self._ascreen(items, policy, strict_input=False, batch=True)
 
     def enforce(
@@ -287,6 +310,7 @@ class Qwen3Guard:
         *,
         policy: Policy | None = None,
     ) -> Decision:
+        """The async form of :meth:`enforce`."""
         return raise_if_blocked(await self.ascreen(messages, surface, policy=policy), messages)
 
     # -- streaming ------------------------------------------------------------------------------
@@ -308,6 +332,8 @@ class Qwen3Guard:
     async def aopen_stream(
         self, prompt_messages: Conversation | None, **kwargs: Any
     ) -> StreamSession:
+        """The async form of :meth:`open_stream` (the prompt is judged without blocking the
+        event loop)."""
         from .stream.session import aopen_session
 
         return await aopen_session(self, prompt_messages, **kwargs)
@@ -344,6 +370,7 @@ class Qwen3Guard:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Close both backends (HTTP clients, server sessions); the guard is unusable after."""
         for backend in (self.gen, self.stream):
             if backend is not None:
                 backend.close()
