@@ -110,10 +110,17 @@ continuations = st.lists(
     st.one_of(st.sampled_from(CONTINUATIONS), st.sampled_from(FRAGMENTS), st.text(max_size=3)),
     min_size=1, max_size=3,
 ).map("".join)
+# Ends that the continuations above change: each clause of the hold-back rule has its own.
+TAILS = [
+    "x", " wor", "!", "'", "'r", " ", "  ", "\n", "\n ", "\n  ", "\r\n ", "\n\t", "e", "b\u0301",
+    "e\u0301", "=", "가", "\u1100", "<", "<th", "</thi", "<tool_", " <", "x<t", "\n<", "1", "'s",
+    "n't", "I'm", "we'd", "it's", "you'LL",
+]
 
 texts = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=4)), max_size=30).map(
     "".join
 )
+ending_texts = st.tuples(texts, st.sampled_from(TAILS)).map("".join)
 
 
 def _feed(tokenizer: Any, text: str, cuts: list[int], prefix: str = "") -> tuple[list, Retokenizer]:
@@ -181,7 +188,8 @@ def _check_continued(tokenizer: Any, text: str, cuts: list[int], more: str, pref
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(text=texts, more=continuations, data=st.data(), prefix=st.sampled_from(["", "assistant\n"]))
+@given(text=st.one_of(texts, ending_texts), more=continuations, data=st.data(),
+       prefix=st.sampled_from(["", "assistant\n"]))
 def test_committed_ids_are_a_prefix_of_every_continuation(
     real_tokenizer, text, more, data, prefix
 ) -> None:
@@ -203,30 +211,53 @@ def _one_char_short(orig: Any) -> Any:
     return hold_from
 
 
-@pytest.mark.parametrize("broken", ["off", "one_char_short"])
+# name -> (method replaced, its replacement from the original, the ends of texts and the
+# continuations to try, a text and cuts it gets wrong)
+BREAKS = {
+    # every feed commits all its tokens: "Hello wor" + "ld" commits " wor"
+    "off": ("_stable_count", lambda orig: _off, TAILS, CONTINUATIONS, "Hello world", [9]),
+    # the first held token is committed too
+    "one_char_short": ("_hold_from", _one_char_short, TAILS, CONTINUATIONS, "Hello world", [9]),
+    # each clause of the rule left out: the newline run, NFC, partial added tokens
+    "no_newline_run": ("_open_newline_run", lambda orig: staticmethod(lambda b, last: False),
+                       ["\n ", "\n  ", "\r\n ", "\n\t", "x\n \t"], ["\n", " \n", "\t\n", "\r\n"],
+                       "x\n \n", [3]),
+    "no_nfc": ("_normal_end", lambda orig: lambda self, pending, lo: len(pending),
+               ["n't", "I'm", "we'd", "it's", "you'LL"], ["\u0307", "\u0323", "\u0327"],
+               "don't\u0307", [5]),
+    "no_partial_added": ("_partial_added_starts", lambda orig: lambda self, pending: [],
+                         ["<", "<th", "</thi", "<tool_", " <", "x<t", "\n<"],
+                         ["think>", "hink>", "/think>", "ool_call>", "_call>", "ink>", "tool_call>"],
+                         "a <think>", [5]),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BREAKS))
 def test_a_shorter_hold_back_breaks_the_property(real_tokenizer: Any, monkeypatch, broken) -> None:
     """The properties above are not trivial, and the hold-back is not longer than needed:
-    switched off (every feed commits all its tokens), or made one character shorter than the
-    rule (the first held token committed too), hypothesis finds texts and continuations whose
-    committed ids are taken back."""
-    if broken == "off":
-        monkeypatch.setattr(Retokenizer, "_stable_count", _off)
-    else:
-        monkeypatch.setattr(Retokenizer, "_hold_from", _one_char_short(Retokenizer._hold_from))
+    switched off, made one character shorter than the rule, or with any clause of the rule
+    left out, hypothesis finds texts (ending the way the clause covers, continued the way
+    that changes such ends) whose committed ids are taken back."""
+    name, make, tails, mores, text, cuts = BREAKS[broken]
+    monkeypatch.setattr(Retokenizer, name, make(Retokenizer.__dict__[name]))
 
-    @settings(max_examples=300, deadline=None, database=None, derandomize=True,
+    @settings(max_examples=500, deadline=None, database=None, derandomize=True,
               phases=[Phase.generate],
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-    @given(text=texts, more=continuations, data=st.data())
-    def prop(text: str, more: str, data: st.DataObject) -> None:
+    @given(text=texts, tail=st.sampled_from(tails), more=st.sampled_from(mores), data=st.data())
+    def prop(text: str, tail: str, more: str, data: st.DataObject) -> None:
+        text += tail
+        tried.append(text)
         cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=12), label="cuts")
         _check_continued(real_tokenizer, text, cuts, more, "")
 
+    tried: list[str] = []
     with pytest.raises(AssertionError):
         prop()
-    # And a case by hand: "Hello wor" + "ld" commits " wor" before " world" is whole.
-    pieces, _ = _feed(real_tokenizer, "Hello world", [9])
-    assert [p.token_id for p in pieces] != encode_plain(real_tokenizer, "Hello world")
+    print(f"\n{broken}: a counterexample after {len(tried)} examples: {tried[-1]!r}")
+    # And a case by hand.
+    pieces, _ = _feed(real_tokenizer, text, cuts)
+    assert [p.token_id for p in pieces] != encode_plain(real_tokenizer, text)
 
 
 # Text fed at once -> what stays pending: exactly the end that more text can still change.

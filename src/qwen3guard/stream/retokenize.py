@@ -400,10 +400,8 @@ class Retokenizer:
         else:
             hold = starts[-1]
             # 2. A newline run that more whitespace would join: "\n" + " " (+ "\n").
-            if len(starts) > 1 and last.isspace():
-                before = pending[starts[-2] : starts[-1]]
-                if before.isspace() and before[-1] in "\r\n":
-                    hold = starts[-2]
+            if len(starts) > 1 and self._open_newline_run(pending[starts[-2] : starts[-1]], last):
+                hold = starts[-2]
         # 4. What NFC can still compose or reorder (not across an added token: a segment
         # of its own).
         if self._form is not None:
@@ -431,6 +429,12 @@ class Retokenizer:
                 continue
             out.append(b)
         return out
+
+    @staticmethod
+    def _open_newline_run(before: str, last: str) -> bool:
+        """Whether the last two words are a ``\\s*[\\r\\n]+`` run and the whitespace
+        after it: more whitespace with a newline makes them one word."""
+        return last.isspace() and before.isspace() and before[-1] in "\r\n"
 
     def _settled_word(self, ids: list[int], word: str) -> bool:
         """A last word no text can change: an added token, one digit (``\\p{N}`` matches one
