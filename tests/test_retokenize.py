@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from qwen3guard.stream.retokenize import (
@@ -11,6 +11,9 @@ from qwen3guard.stream.retokenize import (
     IncrementalDecoder,
     Retokenizer,
     encode_plain,
+    ends_composition,
+    exact_rule,
+    starts_composition,
 )
 
 FRAGMENTS = [
@@ -222,3 +225,126 @@ def test_normal_text_keeps_exact_ids_with_the_bound(tokenizer) -> None:
     text = "mix the explosive powder to build a bomb, then wait. " * 400  # 21 KB
     pieces, _ = _feed(tokenizer, text, list(range(0, len(text), 7)))
     assert [p.token_id for p in pieces] == encode_plain(tokenizer, text)
+
+
+# -- the exact hold-back (issue 15 item 4) on the built-in tokenizer (no normalizer) ---------
+
+
+def test_the_exact_rule_applies_to_the_built_in_tokenizer(tokenizer) -> None:
+    assert exact_rule(tokenizer) == (True, None)
+    assert Retokenizer(tokenizer).exact
+    assert not Retokenizer(tokenizer, exact=False).exact
+
+
+@pytest.mark.parametrize(
+    ("text", "held"),
+    [
+        ("Sure. Here", " Here"),  # the "." is settled once " Here" starts a new word
+        ("x\n ", "\n "),  # "\n \n" would be one word
+        ("x!\n ", " "),
+        ("don't", ""),  # a whole contraction (no NFC here: "t" + U+0307 stays two words)
+        ("12", ""),  # one digit is one word
+        ("a <th", " <th"),
+        ("ok <think>", ""),
+        ("cafe", "cafe"),
+    ],
+)
+def test_only_what_can_still_change_is_held(tokenizer, text: str, held: str) -> None:
+    r = Retokenizer(tokenizer)
+    committed = [p.token_id for p in r.feed(text)]
+    assert r.pending == held
+    assert committed == encode_plain(tokenizer, text[: len(text) - len(held)])
+
+
+CONTINUATIONS = ["s", "t", "ld", "\n", " \n", " ", "!", "1", "ink>", "hink>", "/think>", ">", "x"]
+
+
+def _continued(tokenizer, text: str, cuts: list[int], more: str) -> None:
+    whole = encode_plain(tokenizer, text + more)
+    r = Retokenizer(tokenizer)
+    committed: list[int] = []
+    prev = 0
+    for c in sorted(set(cuts)) + [len(text)]:
+        committed += [p.token_id for p in r.feed(text[prev:c])]
+        prev = c
+        assert committed == whole[: len(committed)], (text[:c], more)
+    committed += [p.token_id for p in r.feed(more)] + [p.token_id for p in r.flush()]
+    assert committed == whole
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=texts, more=st.sampled_from(CONTINUATIONS), data=st.data())
+def test_committed_ids_are_a_prefix_of_every_continuation(tokenizer, text, more, data) -> None:
+    cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=12), label="cuts")
+    _continued(tokenizer, text, cuts, more)
+
+
+def test_one_character_less_hold_back_breaks_it(tokenizer, monkeypatch) -> None:
+    hold_from = Retokenizer._hold_from
+    monkeypatch.setattr(
+        Retokenizer,
+        "_hold_from",
+        lambda self, pending, *a: min(len(pending), hold_from(self, pending, *a) + 1),
+    )
+
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True,
+              phases=[Phase.generate],
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(text=texts, more=st.sampled_from(CONTINUATIONS), data=st.data())
+    def prop(text: str, more: str, data: st.DataObject) -> None:
+        cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=12), label="cuts")
+        _continued(tokenizer, text, cuts, more)
+
+    with pytest.raises(AssertionError):
+        prop()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=texts, data=st.data())
+def test_the_word_hold_back_still_holds(tokenizer, text, data) -> None:
+    """``exact=False`` (the fallback for other pre-tokenizers): the last two words."""
+    cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=12), label="cuts")
+    r = Retokenizer(tokenizer, exact=False)
+    pieces = []
+    prev = 0
+    for c in sorted(set(cuts)) + [len(text)]:
+        pieces += r.feed(text[prev:c])
+        prev = c
+    pieces += r.flush()
+    assert [p.token_id for p in pieces] == encode_plain(tokenizer, text)
+
+
+def _regex_class(c: str) -> str:
+    import regex
+
+    if c in "\r\n":
+        return "newline"
+    for name, pattern in [("space", r"\s"), ("letter", r"\p{L}"), ("number", r"\p{N}")]:
+        if regex.match(pattern, c):
+            return name
+    return "other"
+
+
+def test_composition_keeps_the_regex_class_of_the_starter() -> None:
+    """What the NFC clause of the rule rests on: a canonical composition has the pre-tokenizer
+    regex class (letter, number, whitespace, newline, other) of its first character, so a word
+    before the cut reads the same class where it looked one character past it; and every
+    character with a combining class is "other" (marks that NFC reorders stay marks)."""
+    import unicodedata
+
+    changed = []
+    for cp in range(0x30000):
+        c = chr(cp)
+        d = unicodedata.decomposition(c)
+        if d and not d.startswith("<"):
+            first = chr(int(d.split()[0], 16))
+            if _regex_class(first) != _regex_class(c):
+                changed.append(hex(cp))
+        if unicodedata.combining(c) and _regex_class(c) != "other":
+            changed.append(hex(cp))
+    assert changed == []
+    # The boundary tables agree with what NFC does.
+    assert not starts_composition("\u0301", "NFC") and starts_composition("e", "NFC")
+    assert not starts_composition("\u1161", "NFC") and not ends_composition("가", "NFC")
+    assert ends_composition("2", "NFC") and ends_composition(".", "NFC")
+    assert not ends_composition("e", "NFC") and not ends_composition("=", "NFC")

@@ -199,9 +199,9 @@ def ends_composition(c: str, form: str) -> bool:
     if unicodedata.category(c) == "Cn":
         return False
     d = _decomposed(c, form)
-    cp = ord(d[-1])
-    if 0xAC00 <= cp <= 0xD7A3 and (cp - 0xAC00) % 28 == 0:  # Hangul LV takes a T jamo
-        return False
+    cp = ord(c)
+    if (0xAC00 <= cp <= 0xD7A3 and (cp - 0xAC00) % 28 == 0) or "\u1161" <= d[-1] <= "\u1175":
+        return False  # a Hangul LV syllable (or an L + V pair) takes a T jamo
     return all(unicodedata.combining(x) == 0 for x in d) and d[-1] not in _compositions()[1]
 
 
