@@ -33,10 +33,51 @@ from .tokenize import ConversationEncoder
 log = logging.getLogger(__name__)
 
 
-def resolve_device_dtype(device: str | None, dtype: Any) -> tuple[str, Any]:
-    """The device (CUDA when available) and dtype: on CUDA bfloat16 where the card supports it,
-    else float16 (a T4 or V100 has no bf16); on CPU float32 (benchmarks/real_size.py at 0.6B:
-    the Stream step is no faster in bf16 on this project's CI CPU; Gen generate was, 0.65x)."""
+#: A Gen model this large or larger runs in bfloat16 by default on a CPU with native bf16
+#: matrix units (benchmarks/dtype.py: at 0.6B on an AMX CPU bf16 generate took 0.65x the fp32
+#: time; the small built-in checkpoints are slower in bf16 and stay on fp32).
+BF16_MIN_PARAMS = 100_000_000
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (Intel AMX, ``amx_bf16``), as torch
+    reports it. AVX512-BF16 alone does not count: not measured to be faster."""
+    import torch
+
+    try:
+        caps = torch.cpu.get_capabilities()
+    except Exception:  # noqa: BLE001 - an older torch: no such report
+        return False
+    return bool(caps.get("amx_bf16")) and torch.backends.mkldnn.is_available()
+
+
+def param_count(config: Any) -> int | None:
+    """About how many parameters a decoder with this config has (None when it does not say)."""
+    try:
+        text = config.get_text_config(decoder=True)
+        h, layers = int(text.hidden_size), int(text.num_hidden_layers)
+        heads, vocab = int(text.num_attention_heads), int(text.vocab_size)
+        kv = int(getattr(text, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(text, "head_dim", None) or h // heads)
+        inner = int(text.intermediate_size)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    embed = vocab * h * (1 if getattr(text, "tie_word_embeddings", False) else 2)
+    attn = 2 * h * heads * head_dim + 2 * h * kv * head_dim
+    return embed + layers * (attn + 3 * h * inner)
+
+
+def resolve_device_dtype(
+    device: str | None, dtype: Any, *, kind: str = "gen", params: int | None = None
+) -> tuple[str, Any]:
+    """The device (CUDA when available) and, unless ``dtype`` names one, the faster dtype there:
+
+    - CUDA: bfloat16 where the card supports it, else float16 (a T4 or V100 has no bf16);
+    - CPU: bfloat16 for a Gen model (``kind="gen"``) of at least :data:`BF16_MIN_PARAMS`
+      parameters (``params``) on a CPU with native bf16 matrix units
+      (:func:`cpu_has_native_bf16`), float32 otherwise: for small models, for a size not given,
+      and for Stream (``kind="stream"``), whose per-token step gains next to nothing in bf16
+      (``benchmarks/dtype.py``)."""
     import torch
 
     if device is None:
@@ -44,6 +85,9 @@ def resolve_device_dtype(device: str | None, dtype: Any) -> tuple[str, Any]:
     if dtype is None or dtype == "auto":
         if str(device).startswith("cuda"):
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif (kind == "gen" and params is not None and params >= BF16_MIN_PARAMS
+              and cpu_has_native_bf16()):
+            dtype = torch.bfloat16
         else:
             dtype = torch.float32
     elif isinstance(dtype, str):
@@ -78,9 +122,10 @@ class TransformersGenBackend(GenBackend):
         from ..stream.modeling import check_gen_checkpoint
 
         self.model_id = str(model_id)
-        self.device, self.dtype = resolve_device_dtype(device, dtype)
         if model is None:
             check_gen_checkpoint(self.model_id)
+        params = _checkpoint_params(self.model_id, model)
+        self.device, self.dtype = resolve_device_dtype(device, dtype, kind="gen", params=params)
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(self.model_id)
         self.model = model or AutoModelForCausalLM.from_pretrained(self.model_id, dtype=self.dtype)
         self.model.to(self.device).eval()  # type: ignore[arg-type]
@@ -278,6 +323,21 @@ class TransformersGenBackend(GenBackend):
         for i, (k, v) in enumerate(layers):
             cache.update(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1), i)
         return cache
+
+
+def _checkpoint_params(model_id: str, model: Any) -> int | None:
+    """The size of the model to load (from its config, before loading) or of the one given."""
+    if model is not None:
+        try:
+            return int(sum(p.numel() for p in model.parameters()))
+        except Exception:  # noqa: BLE001 - not a torch module
+            return None
+    try:
+        from transformers import AutoConfig
+
+        return param_count(AutoConfig.from_pretrained(model_id))
+    except Exception:  # noqa: BLE001 - the loader reports a bad checkpoint itself
+        return None
 
 
 def _prefix_cacheable(model: Any) -> bool:
