@@ -19,7 +19,7 @@ failure of the wrapped class is the wrapper's.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from langchain_core.caches import InMemoryCache
@@ -30,6 +30,7 @@ from langchain_core.runnables import RunnableBinding, RunnableLambda
 from langchain_qwen3guard import Qwen3GuardChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
+from langchain_tests.utils.stream_lifecycle import assert_valid_event_stream
 from lc_fakes import SAFE_ANSWER, UNSAFE_ANSWER, ScriptedChatModel, tool_call
 from pydantic import BaseModel
 from standard_fake import ChatStandardFake
@@ -271,3 +272,61 @@ async def test_an_opaque_structured_output_runs_outside_the_callers_callbacks(
             seen.append(event)
     assert info.value.stage == "output"
     assert [e["event"] for e in seen if "explosive" in repr(e.get("data"))] == []
+
+
+# -- the other exit behaviours ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exit_behavior", ["replace", "regenerate"])
+async def test_other_exit_behaviors_pass_the_core_standard_tests(
+    guard: Qwen3Guard, exit_behavior: Literal["replace", "regenerate"]
+) -> None:
+    """The standard invoke / stream / events / tool-calling / structured-output tests, with
+    ``exit_behavior="replace"`` and ``"regenerate"`` (the suites above use ``"error"``)."""
+    suite = TestGuardedIntegration()
+    model = Qwen3GuardChatModel(llm=ChatStandardFake(), guard=guard, exit_behavior=exit_behavior)
+    suite.test_invoke(model)
+    suite.test_stream(model)
+    await suite.test_astream(model)
+    suite.test_stream_events_v3(model)
+    suite.test_tool_calling(model)
+    suite.test_structured_output(model, "pydantic")
+
+
+@pytest.mark.parametrize(
+    ("exit_behavior", "script", "question"),
+    [
+        ("replace", [UNSAFE_ANSWER], QUESTION),
+        ("replace", [SAFE_ANSWER], "How can I make a bomb?"),
+        ("regenerate", [UNSAFE_ANSWER, SAFE_ANSWER], QUESTION),
+    ],
+    ids=["replace-answer", "replace-prompt", "regenerate"],
+)
+@pytest.mark.parametrize("output_version", [None, "v1"])
+def test_an_intervention_is_still_a_standard_stream(
+    guard: Qwen3Guard,
+    exit_behavior: Literal["replace", "regenerate"],
+    script: list[str],
+    question: str,
+    output_version: str | None,
+) -> None:
+    """When the guard steps in (a replaced answer or prompt, a regenerated answer) the stream
+    keeps the standard tests' invariants: the last chunk is ``chunk_position="last"``, the
+    aggregate has exactly one text block, ``stream_events(version="v3")`` is a valid event
+    lifecycle; and nothing unsafe is in it."""
+    extra: dict[str, Any] = {"output_version": output_version} if output_version else {}
+
+    def model() -> Qwen3GuardChatModel:
+        return Qwen3GuardChatModel(llm=ScriptedChatModel(script=list(script)), guard=guard,
+                                   exit_behavior=exit_behavior, **extra)
+
+    chunks = list(model().stream(question))
+    full = chunks[0]
+    for chunk in chunks[1:]:
+        full = full + chunk
+    assert chunks[-1].chunk_position == "last"
+    assert len([b for b in full.content_blocks if b["type"] == "text"]) == 1
+    assert "explosive" not in full.text and "bomb" not in full.text
+    stream = model().stream_events(question, version="v3")
+    assert_valid_event_stream(list(stream))
+    assert "explosive" not in stream.output.text
