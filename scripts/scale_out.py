@@ -9,11 +9,15 @@ token by token through the router, compared with the local session.
 
 What it shows (printed, and written as JSON with ``--json``):
 
+0. ``direct``: the same sessions straight to one replica (no router), the baseline.
 1. ``affinity``: sessions one after another through the router with ``consistent_hash``. The
    per-replica request counters of vLLM's ``/metrics`` (``vllm:request_success_total``) are
    read before and after each session: every session's requests land on one replica. Every
    request after a session's first reads that replica's prefix cache (``num_cached_tokens``)
    and the per-token probabilities equal the local session's (max abs difference printed).
+   The router's log names the hash key of every request (``header:x-session-id:ID``) and the
+   worker it chose: each session id maps to one worker. Then all sessions at once
+   (``concurrent``): total answer tokens per second.
 2. ``round_robin``: the same sessions (another ``cache_salt``, so nothing is read from phase 1)
    through the router restarted with ``--policy round_robin``: requests alternate between the
    replicas, verdicts are the same; the cost per token is printed.
@@ -21,8 +25,10 @@ What it shows (printed, and written as JSON with ``--json``):
    router's next requests go to the other replica, which recomputes the prefix once, and the
    session ends with the same verdicts.
 
-Each replica: ``VLLM_CPU_KVCACHE_SPACE=--kv-gb`` (GiB), block size 32, float32, eager; its
-resident memory (the whole process group) is printed after start-up and at the end.
+Each replica: ``VLLM_CPU_KVCACHE_SPACE=--kv-gb`` (GiB), block size 32, float32, eager, its
+OpenMP threads pinned to its own half of the cores (``VLLM_CPU_OMP_THREADS_BIND``; vLLM's
+"auto" binds every replica to all cores); its resident memory (the whole process group) is
+printed after start-up and at the end.
 Default model: the built-in tiny Stream checkpoint (``qwen3guard.tiny.ensure_built()``).
 """
 
@@ -211,6 +217,42 @@ def phase(
     }
 
 
+def concurrent(
+    name: str, backend: Any, replicas: list[str], refs: list[Any], cases: list[list[int]],
+) -> dict[str, Any]:
+    """All sessions at once (one thread each), token by token: total answer tokens per second."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    salt = f"{name}-{uuid.uuid4().hex}"
+    before = [metrics(u) for u in replicas]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(len(cases)) as pool:
+        done = list(pool.map(lambda ids: run_session(backend, PROMPT, ids, salt), cases))
+    secs = time.perf_counter() - t0
+    per = [delta(metrics(u), b) for u, b in zip(replicas, before)]
+    same = [compare(r, d[0]) for r, d in zip(refs, done)]
+    out = {
+        "sessions": len(cases),
+        "tokens_per_s": sum(len(c) for c in cases) / secs,
+        "requests_per_replica": [int(d.get("request_success_total", 0)) for d in per],
+        "prefix_hits_per_replica": [int(d.get("prefix_cache_hits_total", 0)) for d in per],
+        "same_verdicts": all(x["same_verdict"] and x["same_ids"] for x in same),
+        "max_prob_diff": max(x["max_prob_diff"] for x in same),
+    }
+    print(f"  [{name}] {out}", flush=True)
+    return out
+
+
+def router_routes(log: Path) -> dict[str, set[str]]:
+    """session id -> the workers the router sent its requests to (from the router's log:
+    ``Consistent hash routing: key='header:x-session-id:ID' -> worker='URL'``)."""
+    routes: dict[str, set[str]] = {}
+    pat = re.compile(r"key='header:x-session-id:([0-9a-f]+)' -> worker='([^']+)'")
+    for sid, worker in pat.findall(log.read_text(errors="replace")):
+        routes.setdefault(sid, set()).add(worker)
+    return routes
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -222,6 +264,8 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="Stream checkpoint (default: the tiny one)")
     ap.add_argument("--router", default=str(DEFAULT_ROUTER), help="the vllm-router executable")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--no-bind", action="store_true",
+                    help="do not pin each replica's OpenMP threads to its own core")
     args = ap.parse_args()
 
     from qwen3guard import Qwen3Guard
@@ -245,6 +289,14 @@ def main() -> int:
                     extra_args=stream_server_args(), log_path=str(tmp / f"vllm-{i}.log"))
         for i in range(2)
     ]
+    cores = os.cpu_count() or 1
+    if not args.no_bind and cores >= 2:
+        # vLLM's CPU worker binds its OpenMP threads to all cores by default ("auto"): two
+        # replicas on one machine would fight over every core. One core (range) each instead.
+        per = cores // 2
+        for i, r in enumerate(replicas):
+            r.env["VLLM_CPU_OMP_THREADS_BIND"] = f"{i * per}-{(i + 1) * per - 1}"
+    results["omp_bind"] = [r.env.get("VLLM_CPU_OMP_THREADS_BIND", "auto") for r in replicas]
     router: ServerProcess | None = None
     try:
         t0 = time.perf_counter()
@@ -265,17 +317,36 @@ def main() -> int:
         refs = [reference(guard, PROMPT, ids) for ids in cases]
         workers = [u.rsplit("/v1", 1)[0] for u in urls]
 
+        # Baseline: the same sessions straight to one replica, no router.
+        backend = VLLMStreamBackend(urls[0], model, tokenizer=model, timeout=120)
+        print("direct to replica 0 (no router)", flush=True)
+        results["direct"] = phase("direct", backend, urls, refs, cases)
+        backend.close()
+
         for policy in ("consistent_hash", "round_robin"):
-            router = router_process(args.router, workers, policy, tmp / f"router-{policy}.log")
+            log = tmp / f"router-{policy}.log"
+            router = router_process(args.router, workers, policy, log)
             router.start()
             router.wait_ready(timeout=120)
             backend = VLLMStreamBackend(router.base_url, model, tokenizer=model, timeout=120)
             print(f"router --policy {policy} at {router.base_url}", flush=True)
             key = "affinity" if policy == "consistent_hash" else "round_robin"
             results[key] = phase(key, backend, urls, refs, cases)
+            results[key]["concurrent"] = concurrent(f"{key} concurrent", backend, urls, refs,
+                                                    cases)
             backend.close()
             router.stop()
             router = None
+            if policy == "consistent_hash":
+                routes = router_routes(log)
+                results[key]["router_log"] = {
+                    "sessions": len(routes),
+                    "sessions_on_one_worker": sum(1 for w in routes.values() if len(w) == 1),
+                    "sessions_per_worker": {
+                        w: sum(1 for ws in routes.values() if ws == {w}) for w in workers
+                    },
+                }
+                print(f"  [router log] {results[key]['router_log']}", flush=True)
 
         # Failover: the replica a session is on dies mid-stream.
         router = router_process(args.router, workers, "consistent_hash", tmp / "router-fo.log")
@@ -323,7 +394,10 @@ def main() -> int:
         for r in replicas:
             r.stop()
     a, rr, fo = results["affinity"], results["round_robin"], results["failover"]
+    d = results["direct"]
     print("\nsummary:")
+    print(f"  direct (no router): {d['ms_per_token']:.1f} ms/token, "
+          f"{d['computed_per_request']:.1f} computed/request")
     print(f"  affinity: one replica per session {a['one_replica_per_session']}, same verdicts "
           f"{a['same_verdicts']} (max prob diff {a['max_prob_diff']:.1e}), "
           f"{a['ms_per_token']:.1f} ms/token, {a['computed_per_request']:.1f} computed/request")
@@ -333,12 +407,18 @@ def main() -> int:
     print(f"  failover: same verdict {fo['same_verdict']} (max prob diff "
           f"{fo['max_prob_diff']:.1e}), first request after the kill computed "
           f"{fo['first_request_after_kill']}")
+    print(f"  concurrent ({args.sessions} sessions): affinity "
+          f"{a['concurrent']['tokens_per_s']:.1f} tokens/s (requests per replica "
+          f"{a['concurrent']['requests_per_replica']}), round robin "
+          f"{rr['concurrent']['tokens_per_s']:.1f} tokens/s; same verdicts "
+          f"{a['concurrent']['same_verdicts'] and rr['concurrent']['same_verdicts']}")
     print(f"  replica RSS (MiB): start {results['replica_rss_mib_at_start']}, end "
           f"{results['replica_rss_mib_at_end']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     ok = a["same_verdicts"] and rr["same_verdicts"] and fo["same_verdict"] and fo["same_ids"]
-    ok = ok and a["one_replica_per_session"]
+    ok = ok and a["one_replica_per_session"] and d["same_verdicts"]
+    ok = ok and a["concurrent"]["same_verdicts"] and rr["concurrent"]["same_verdicts"]
     return 0 if ok else 1
 
 

@@ -49,6 +49,7 @@ class Forwarder:
 
     def __init__(self, target_port: int) -> None:
         self.target = ("127.0.0.1", target_port)
+        self.sent = bytearray()  # everything the clients sent (request heads and bodies)
         self.port = free_port()
         self._srv = socket.create_server(("127.0.0.1", self.port))
         self._conns: list[socket.socket] = []
@@ -73,13 +74,15 @@ class Forwarder:
                     b.close()
                     return
                 self._conns += [a, b]
-            for x, y in ((a, b), (b, a)):
-                threading.Thread(target=self._pipe, args=(x, y), daemon=True).start()
+            for x, y, rec in ((a, b, True), (b, a, False)):
+                threading.Thread(target=self._pipe, args=(x, y, rec), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, record: bool) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
+                if record:
+                    with self._lock:
+                        self.sent += data
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
@@ -183,6 +186,9 @@ def test_the_server_holds_no_stream_model_and_a_session_keeps_only_its_ids(
     assert isinstance(backend, VLLMStreamBackend) and guard.gen is None
     assert not any(isinstance(v, torch.nn.Module) for v in vars(backend).values())
     answer = "Once upon a time, there was a quiet garden."
+    with TestClient(create_app(guard)) as client:
+        r = client.post("/v1/moderations", json={"input": "hi"})  # --model none: no Gen
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     with TestClient(create_app(guard, close_guard=True)) as client, client.websocket_connect(
         "/v1/stream"
     ) as ws:
@@ -202,6 +208,52 @@ def test_the_server_holds_no_stream_model_and_a_session_keeps_only_its_ids(
     # token or two held back until the text after them is known: re-tokenization).
     assert any(prefix.ids[-(len(ids) - j) :] == ids[: len(ids) - j] for j in range(3))
     assert backend.active_sessions == 0  # closed: nothing is kept
+
+
+def test_every_request_of_a_session_carries_its_affinity_header(
+    vllm_stream_url: str, stream_path: str
+) -> None:
+    """What a router with session affinity hashes on: each request carries ``x-session-id``
+    with its session's id; two sessions, two ids; ``session_header=None`` sends none."""
+    import re
+
+    port = int(vllm_stream_url.rsplit(":", 1)[1].split("/")[0])
+    fwd = Forwarder(port)
+    url = f"http://127.0.0.1:{fwd.port}/v1"
+
+    def heads() -> list[str]:
+        return re.findall(r"POST /pooling HTTP/1.1\r\n((?:[^\r\n]+\r\n)*)\r\n",
+                          fwd.sent.decode("utf-8", "replace"))
+
+    def session_ids() -> list[str | None]:
+        out = []
+        for head in heads():
+            m = re.search(r"^x-session-id: (\S+)\r$", head, re.M | re.I)
+            out.append(m.group(1) if m else None)
+        return out
+
+    try:
+        backend = VLLMStreamBackend(url, tokenizer=stream_path, timeout=60)
+        a = backend.open_session("Tell me a story", session_id="session-a")
+        b = backend.open_session("Tell me a story")
+        for chunk in ("Once", " upon", " a", " time"):
+            a.feed_text(chunk)
+            b.feed_text(chunk)
+        a.close()
+        b.close()
+        ids = session_ids()
+        assert len(ids) >= 10 and None not in ids
+        assert set(ids) == {"session-a", b.session_id} and b.session_id != "session-a"
+        backend.close()
+        n = len(heads())
+        plain = VLLMStreamBackend(url, tokenizer=stream_path, timeout=60, session_header=None)
+        s = plain.open_session("Tell me a story")
+        s.feed_text("Once upon a time")
+        s.close()
+        assert len(heads()) > n and session_ids()[n:] == [None] * (len(heads()) - n)
+        plain.close()
+    finally:
+        fwd.down()
 
 
 def test_vllm_down_mid_stream_fails_the_stream_closed(vllm_stream_url: str) -> None:

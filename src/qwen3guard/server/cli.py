@@ -40,11 +40,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     vllm.add_argument(
         "--stream-url",
-        default=os.environ.get("QWEN3GUARD_STREAM_ENDPOINT") or None,
+        default=None,
         metavar="URL",
         help="a vLLM server (or a router in front of replicas) serving the Stream model with "
-        "qwen3guard's plugins, e.g. http://127.0.0.1:8001/v1 (default: "
-        "$QWEN3GUARD_STREAM_ENDPOINT)",
+        "qwen3guard's plugins, e.g. http://127.0.0.1:8001/v1",
     )
     vllm.add_argument(
         "--stream-tokenizer",
