@@ -207,7 +207,7 @@ def test_the_server_holds_no_stream_model_and_a_session_keeps_only_its_ids(
     # What the session holds is the ids it sent: the prompt plan's, then the answer's (the last
     # token or two held back until the text after them is known: re-tokenization).
     assert any(prefix.ids[-(len(ids) - j) :] == ids[: len(ids) - j] for j in range(3))
-    assert backend.active_sessions == 0  # closed: nothing is kept
+    assert not backend._live  # closed: nothing is kept
 
 
 def test_every_request_of_a_session_carries_its_affinity_header(
