@@ -135,7 +135,8 @@ def demo_output(gen_path: str, stream_path: str) -> tuple[str, str]:
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        assert main(["demo", "--model", gen_path, "--stream-model", stream_path]) == 0
+        code = main(["demo", "--model", gen_path, "--stream-model", stream_path, "--debug"])
+    assert code == 0, err.getvalue()
     return out.getvalue(), err.getvalue()
 
 

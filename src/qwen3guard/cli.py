@@ -112,8 +112,10 @@ def _build_progress() -> Any:
 def _ensure_tiny() -> Any:
     """The built-in checkpoints' directory, built once with a progress bar per stage (the
     builder itself says where it builds)."""
-    from .tiny import ensure_built
+    from .tiny import default_dir, ensure_built
 
+    if not (default_dir() / "BUILD").exists():
+        _quiet_loading()
     return ensure_built(progress=_build_progress())
 
 
@@ -122,6 +124,7 @@ def _resolve_models(model: str | None, stream_model: str | None) -> tuple[str, s
     go through :func:`qwen3guard.defaults.locate_model`: a missing directory, or a hub model
     that is neither reachable nor cached, fails at once with a one-line reason."""
     model = model or os.environ.get("QWEN3GUARD_MODEL") or "Qwen/Qwen3Guard-Gen-0.6B"
+    _quiet_loading()
     if TINY in (model, stream_model):
         root = _ensure_tiny()
         if model == TINY:
@@ -134,13 +137,19 @@ def _resolve_models(model: str | None, stream_model: str | None) -> tuple[str, s
     return model, stream_model
 
 
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Without transformers' "Loading weights" / "Writing model shards" bars (its
+# Undo what _quiet_loading changed, when the command ends (for in-process callers).
+_RESTORE: list[Any] = []
+
+
+def _quiet_loading() -> None:
+    """Turn off transformers' "Loading weights" / "Writing model shards" bars (its
     ``utils.logging.tqdm``, read in transformers 5.24 core_model_loading.py and
-    modeling_utils.py), restored afterwards for in-process callers. ``disable_progress_bar``
-    also turns huggingface_hub's bars off; those are turned back on (when they were on), so a
-    real download still shows its progress."""
+    modeling_utils.py) before a model is loaded or built; :func:`main` restores them when the
+    command ends. ``disable_progress_bar`` also turns huggingface_hub's bars off; those are
+    turned back on (when they were on), so a real download still shows its progress. Called
+    only where a model is loaded, so commands that load none never import transformers."""
+    if _RESTORE:
+        return
     try:
         from huggingface_hub.utils import (
             are_progress_bars_disabled,
@@ -149,19 +158,28 @@ def _quiet_loading() -> Iterator[None]:
         )
         from transformers.utils import logging as hf_logging
     except ImportError:  # no local extra: nothing loads here
-        yield
         return
     was_on, hub_was_off = hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled()
     hf_logging.disable_progress_bar()
     if not hub_was_off:
         enable_progress_bars()
-    try:
-        yield
-    finally:
+
+    def restore() -> None:
         if was_on:
             hf_logging.enable_progress_bar()
         if hub_was_off:
             disable_progress_bars()
+
+    _RESTORE.append(restore)
+
+
+@contextlib.contextmanager
+def _restoring() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        while _RESTORE:
+            _RESTORE.pop()()
 
 
 def _guard(args: argparse.Namespace, *, stream: bool = False) -> Any:
@@ -232,6 +250,7 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     from . import tiny
 
     if args.action == "build":
+        _quiet_loading()
         out = tiny.build(args.dir, seed=args.seed, progress=_build_progress())
         print(out)
     else:
@@ -269,6 +288,7 @@ def _eval_guard(args: argparse.Namespace) -> Any:
     if stream_model == TINY:  # the built-in checkpoints' stream/ directory
         _, stream_model = _resolve_models(TINY, TINY)
     else:
+        _quiet_loading()
         stream_model = _locate(stream_model, STREAM_MODEL_HINT)
     return Qwen3Guard.from_pretrained(
         None, stream_model=stream_model, device=args.device, dtype=args.dtype, policy=policy
@@ -408,7 +428,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: tiny build needs a DIR", file=sys.stderr)
         return 2
     try:
-        with _quiet_loading():
+        with _restoring():
             return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
