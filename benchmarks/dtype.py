@@ -14,7 +14,7 @@ Each DIR holds ``gen`` and ``stream`` checkpoints (default: the built-in small o
   alternating token by token; the median per token.
 
 Each figure is bf16 time / fp32 time (< 1: bf16 faster), in wall time and in the CPU time of
-the measuring thread (less disturbed by the other load of a shared machine). Also prints
+the process (run it with one torch thread: less disturbed by the other load of a shared machine). Also prints
 the parameter count and what ``resolve_device_dtype`` picks for each model on this machine.
 """
 
@@ -46,9 +46,9 @@ PROMPTS = [
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, float]:
-    w, c = time.perf_counter(), time.thread_time()
+    w, c = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - w, time.thread_time() - c
+    return time.perf_counter() - w, time.process_time() - c
 
 
 def gen_figures(gen_dir: str, repeats: int, new_tokens: int) -> dict[str, Any]:

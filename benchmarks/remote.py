@@ -95,7 +95,7 @@ def main() -> int:
     t0 = time.perf_counter()
     best: dict[str, dict[str, float]] = {}
     if not args.skip_vllm:
-        proc = started(vllm_server(gen, python=ensure_vllm()), 300)
+        proc = started(vllm_server(gen, python=ensure_vllm()), 1200)  # compiles at start-up
         try:
             client = Client(proc.base_url, n)
             for _ in range(args.repeats):

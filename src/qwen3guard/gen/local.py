@@ -2,10 +2,12 @@
 
 Batched greedy generation with left padding and a small token budget for the verdict. All
 model calls go through one micro-batcher thread: concurrent callers (threads or tasks) are
-batched together and never share state. Batches are filled round-robin over the calls waiting
-and capped at ``max_batch_tokens`` padded tokens (default: one full context on CPU, where
-batching long windows buys nothing, four on GPU), so one call with many long windows cannot
-hold the model away from the others for long (see :mod:`qwen3guard.batching`).
+batched together and never share state. A call that is alone goes to the model at once; calls
+that arrive while a batch runs make up the next one. Batches are filled round-robin over the
+calls waiting and capped at ``max_batch_tokens`` padded tokens, counted after the cached
+template prefix (below; default: one full context on CPU, where batching long windows buys
+nothing, four on GPU), so one call with many long windows cannot hold the model away from the
+others for long (see :mod:`qwen3guard.batching`).
 
 The shared template prefix. Every Gen prompt starts with the same tokens (the task and the
 safety policy, a few hundred tokens, up to where the conversation begins; one prefix for prompt
