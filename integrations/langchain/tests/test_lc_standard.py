@@ -9,9 +9,14 @@ fake: the capability flags say what the fake + wrapper do. Skipped, by flag or b
   guard it uses by default, :func:`qwen3guard.get_default_guard`, does; that is the core's).
 - ``test_serdes``: ``is_lc_serializable()`` is False: a guard holds loaded model weights and
   is not serialized, so a deserialized wrapper would be guarded by another guard (or none).
-- image / audio / video / PDF inputs and tool messages, Anthropic inputs: the fake reads text
-  only, and the guard judges text only (non-text blocks raise ``InvalidInputError``).
+- ``test_image_inputs``, ``test_audio_inputs``, ``test_pdf_inputs``, ``test_image_tool_message``,
+  ``test_pdf_tool_message``: the guard judges text only (an image, audio or file block raises
+  ``InvalidInputError`` naming it, unless ``non_text="skip"``), and the tests download their
+  media from the web (offline here).
 - ``test_stream_time``: needs recorded provider HTTP traffic (VCR cassettes).
+
+``test_anthropic_inputs`` runs (Anthropic ``tool_use`` and ``thinking`` blocks, a tool in
+Anthropic's format; no image, as ``supports_image_inputs`` is False).
 
 The same suites also run against the fake alone (``TestFakeAlone*``), which shows that a
 failure of the wrapped class is the wrapper's.
@@ -107,7 +112,7 @@ class _Flags:
 
     @property
     def supports_anthropic_inputs(self) -> bool:
-        return False
+        return True  # tool_use / thinking blocks, no image (supports_image_inputs is False)
 
 
 class _Guarded(_Flags):
