@@ -42,11 +42,13 @@ Then two more things can reach back:
    after ``"a"``);
 4. NFC composes a character with the marks after it (``"e"`` + U+0301 is ``"é"``; U+0323 after
    ``"b\u0301"`` reorders and composes into ``"ḅ"``; a Hangul LV syllable takes a T jamo): the
-   cut is at most the last character that starts a new composition (ccc 0, composes with no
-   character before it), or just after it where it composes with nothing that follows (a
-   digit, ``"."``). Canonical composition keeps the regex class of the starter (letter,
-   number, whitespace, other; checked in the tests), so a match before the cut reads the same
-   class where it looked one character past the cut.
+   cut is at a character that starts a new composition (ccc 0, composes with no character
+   before it: the text before it normalizes alone; inside a run of marks NFC reorders, the
+   offsets are not even in order), and at most the last such character, or just after it
+   where it composes with nothing that follows (a digit, ``"."``: so ``"'t"`` is held under
+   NFC, ``"ṫ"`` being a letter, but ``"12"`` is not). Canonical composition keeps the regex
+   class of the starter (letter, number, whitespace, other; checked in the tests), so a match
+   before the cut reads the same class where it looked one character past the cut.
 
 The rule is exact: for every held text some continuation changes its first token (tested, and
 the property tests fail when the hold-back is one character shorter). It is applied where the
@@ -95,7 +97,8 @@ KEEP_TAIL = 64
 @dataclass(frozen=True)
 class Piece:
     """One committed token: its id and its character span in the retokenizer's text
-    (prefix included)."""
+    (prefix included), from its start to the next piece's start (tokens of one character
+    share their span; combining marks NFC composed into a character belong to its token)."""
 
     token_id: int
     start: int
