@@ -18,6 +18,7 @@ from llama_index.core.workflow.handler import WorkflowHandler
 
 from qwen3guard import (
     Decision,
+    InvalidInputError,
     Policy,
     Qwen3Guard,
     Qwen3GuardViolation,
@@ -25,16 +26,20 @@ from qwen3guard import (
     Surface,
     UnsafeContentError,
 )
+from qwen3guard.content import canonical_role, tool_result_conversation
 
 from ._common import (
+    _ROLES,
     Messages,
     arguments_messages,
     chat_messages_to_dicts,
     check_hold_back,
     log,
     output_messages,
+    read_chat_message,
     resolve_guard,
     response_turns,
+    user_turn,
 )
 from ._events import CheckSpan, check_span
 from ._stream import Moderation
@@ -47,14 +52,33 @@ async def moderate_agent_stream(
     guard: Qwen3Guard | None = None,
     *,
     policy: Policy | None = None,
+    check_input: bool = True,
     check_tools: bool = True,
     hold_back_tokens: int | None = None,
     cancel_timeout: float = 5.0,
 ) -> AsyncIterator[Event]:
-    """Stream a workflow run's events, judging everything the LLM emits before the reader sees it.
+    """Stream a workflow run's events, judging the agent's input and everything its LLM emits
+    before the reader sees it.
 
     ``handler`` is what ``FunctionAgent.run(...)`` / ``AgentWorkflow.run(...)`` returns.
 
+    - ``check_input``: the run's input is judged on the ``input`` surface before *any* event
+      of the run is passed on (events are held until the decision is in): every message of
+      the first ``AgentInput`` (the LLM's input: ``chat_history``, the ``user_msg``, the
+      system prompt, an assistant turn the client put in the history), each on its own, and
+      the user turns together (a request split over messages). A ``tool`` message in it is
+      judged on ``tool_result`` (with ``check_tools``). A message with a block a text guard
+      cannot read (an image, audio, a binary document) is blocked with the reason, never
+      passed. Each later ``AgentInput`` (the next LLM call) is checked for user and system
+      messages not judged yet: a tool that writes a user turn into the agent's memory (a
+      human-in-the-loop answer), a memory block or summary the memory inserts, a handoff's
+      new system prompt. Its assistant and tool messages are the run's own, judged on their
+      surfaces as they were emitted. The record of what was judged lives in this call, not
+      in any message field. The gated stream's prompt verdict (``StreamGate.prompt_decision``)
+      is not the input decision: it comes only when the LLM streams (after the
+      ``AgentInput`` event, and never with ``streaming=False``), and it reads the last user
+      turn only (the Stream model's query head), so it is not used; it costs no extra model
+      call (the Stream model reads the prompt for the answer's context anyway).
     - Each LLM call's ``AgentStream`` events go through the core :class:`qwen3guard.StreamGate`
       (a Stream session opened on the messages of the ``AgentInput`` that started the call, so
       tool results are part of the context): an event is passed on once its text (thinking and
@@ -83,7 +107,7 @@ async def moderate_agent_stream(
         response = await handler
     """
     check_hold_back(hold_back_tokens=hold_back_tokens)
-    run = _AgentRun(resolve_guard(guard), policy, check_tools)
+    run = _AgentRun(resolve_guard(guard), policy, check_tools, check_input=check_input)
     stream = handler.stream_events()
     try:
         async for ev in stream:
@@ -92,7 +116,7 @@ async def moderate_agent_stream(
             if run.error is not None:
                 break
         else:
-            for out in await run.end_turn():
+            for out in await run.end():
                 yield out
     finally:
         await run.close()
@@ -172,13 +196,22 @@ class _Turn:
 
 
 class _AgentRun:
-    """The moderation state of one run. ``event`` and ``end_turn`` say what the reader gets;
+    """The moderation state of one run. ``event`` and ``end`` say what the reader gets;
     ``error`` is set once something is blocked."""
 
-    def __init__(self, guard: Qwen3Guard, policy: Policy | None, check_tools: bool) -> None:
+    def __init__(
+        self, guard: Qwen3Guard, policy: Policy | None, check_tools: bool, *,
+        check_input: bool = True,
+    ) -> None:
         self.guard = guard
         self.policy = policy if policy is not None else guard.policy
         self.check_tools = check_tools
+        self.check_input = check_input and self.policy.is_enabled(Surface.INPUT)
+        # Events held until the run's input is decided (the first AgentInput).
+        self.held: list[Event] | None = [] if self.check_input else None
+        self.judged_inputs: set[str] = set()  # texts of input messages judged (this run)
+        self.user_turns: list[str] = []  # the user turns judged, in order
+        self.blocked_input: Any = None  # the content of a blocked input message
         self.prompt: Messages | None = None
         self.turn: _Turn | None = None
         self.streamed = False  # the current LLM call streamed its text through a gate
@@ -188,12 +221,42 @@ class _AgentRun:
         self.error: UnsafeContentError | None = None
 
     async def event(self, ev: Event) -> list[Event]:
+        held = self.held
+        if held is None:
+            return await self._event(ev)
+        if not isinstance(ev, AgentInput):
+            held.append(ev)  # nothing is passed on before the input is decided
+            return []
+        self.held = None
+        if await self._input_blocked(ev, first=True):
+            return []
+        out: list[Event] = []
+        for early in [*held, ev]:
+            out += await self._event(early, input_judged=True)
+            if self.error is not None:
+                break
+        return out
+
+    async def end(self) -> list[Event]:
+        """The stream ended: what is still held is passed on (a run that never reached an
+        LLM call has no input to judge), then the LLM call being streamed ends."""
+        held, self.held = self.held or [], None
+        out: list[Event] = []
+        for ev in held:
+            out += await self._event(ev)
+            if self.error is not None:
+                return out
+        return out + await self.end_turn()
+
+    async def _event(self, ev: Event, *, input_judged: bool = False) -> list[Event]:
         if isinstance(ev, AgentStream):
             return await self._stream(ev)
         out = await self.end_turn()  # any other event ends the LLM call being streamed
         if self.error is not None:
             return out
         if isinstance(ev, AgentInput):
+            if self.check_input and not input_judged and await self._input_blocked(ev):
+                return out
             self.prompt = _prompt_of(ev.input)
             self.streamed = False
         elif (decision := await self._judge(ev)) is not None and decision.blocked:
@@ -275,6 +338,65 @@ class _AgentRun:
         if turn is not None and turn.span is not None:
             turn.span.exit()
 
+    # -- the agent's input -----------------------------------------------------------------------
+
+    async def _input_blocked(self, ev: AgentInput, *, first: bool = False) -> bool:
+        """Judge ``ev``'s new input messages; when one is blocked, set :attr:`error`."""
+        decision = await self._judge_input(ev, first=first)
+        if decision is None or not decision.blocked:
+            return False
+        self.error = UnsafeContentError(
+            stage=decision.surface, content=self.blocked_input, decision=decision
+        )
+        return True
+
+    async def _judge_input(self, ev: AgentInput, *, first: bool) -> Decision | None:
+        """Judge the messages of ``ev`` not judged yet in this run: on the first input all of
+        them (each alone as a request; a tool message as a tool result), later only the user
+        and system ones. Then the new user turns together, after the last few judged. The
+        first blocked decision (its content in :attr:`blocked_input`), else an allow, or None
+        when there was nothing new. A message that cannot be read as text blocks."""
+        items: list[Item] = []
+        texts: list[str] = []
+        new_turns: list[str] = []
+        for message in ev.input:
+            role = _role_of(message)
+            if not first and role not in ("user", "system"):
+                continue  # the run's own turns, judged on their surfaces as they came
+            surface = Surface.TOOL_RESULT if role == "tool" else Surface.INPUT
+            if surface is Surface.TOOL_RESULT and not self.check_tools:
+                continue
+            try:
+                text = read_chat_message(message).full_text
+            except InvalidInputError as exc:  # a block a text guard cannot read
+                error = InvalidInputError(f"a {role} message of the agent's input: {exc}")
+                self.blocked_input = getattr(message, "content", None)
+                return Decision(False, None, surface, f"cannot be judged: {error}", error=error)
+            if not text.strip() or text in self.judged_inputs:
+                continue
+            self.judged_inputs.add(text)
+            if surface is Surface.TOOL_RESULT:
+                items.append((tool_result_conversation(text), surface))
+            else:  # each message on its own, as a request (the core's rule for input)
+                items.append((user_turn(text), surface))
+            texts.append(text)
+            if role == "user":
+                new_turns.append(text)
+        if new_turns:
+            # A request split over messages or turns: the new user turns together, after the
+            # last few judged before them.
+            turns = [*self.user_turns[-_CONTEXT_TURNS:], *new_turns]
+            self.user_turns += new_turns
+            if len(turns) > 1:
+                items.append(([{"role": "user", "content": t} for t in turns], Surface.INPUT))
+                texts.append("\n".join(turns))
+        decisions = await self._screen(items)
+        for text, decision in zip(texts, decisions):
+            if decision.blocked:
+                self.blocked_input = text
+                return decision
+        return decisions[0] if decisions else None
+
     # -- events other than the LLM's stream ---------------------------------------------------
 
     async def _judge(self, ev: Event) -> Decision | None:
@@ -320,11 +442,30 @@ class _AgentRun:
         return items
 
     async def _first_block(self, items: list[Item]) -> Decision | None:
+        decisions = await self._screen(items)
+        return next((d for d in decisions if d.blocked), decisions[0]) if decisions else None
+
+    async def _screen(self, items: list[Item]) -> list[Decision]:
+        """One decision per item, judged in one batch inside a check span."""
         if not items:
-            return None
+            return []
         with check_span(SPAN_OWNER):
-            decisions = await self.guard.ascreen_batch(items, policy=self.policy)
-        return next((d for d in decisions if d.blocked), decisions[0])
+            return await self.guard.ascreen_batch(items, policy=self.policy)
+
+
+#: User turns judged before the new ones, judged with them as one request.
+_CONTEXT_TURNS = 3
+
+
+def _role_of(message: Any) -> str:
+    """A message's role as the core spells it (an unknown role reads as ``user``: the message
+    is then judged, and reading it raises the core's error)."""
+    role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+    role = str(getattr(role, "value", role))
+    try:
+        return canonical_role(_ROLES.get(role, role))
+    except InvalidInputError:
+        return "user"
 
 
 def _call_arguments(call: Any) -> Any:
