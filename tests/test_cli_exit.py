@@ -40,6 +40,9 @@ def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.delenv("QWEN3GUARD_MODEL", raising=False)
+    for var in ("http_proxy", "https_proxy", "all_proxy"):  # the check would ask the proxy
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
     return cache
 
 
@@ -156,6 +159,20 @@ def test_a_cached_hub_model_loads_without_a_network(
     assert main(["moderate", BOMB]) == 1
     assert time.monotonic() - t0 < 30
     assert "Decision: block" in capsys.readouterr().out
+
+
+def test_a_reachable_hub_gets_the_id_unchanged(
+    no_network: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Online, transformers downloads (or revalidates) the model itself: the id is kept."""
+    from qwen3guard.defaults import locate_model
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        monkeypatch.setattr(hub_constants, "ENDPOINT",
+                            f"http://127.0.0.1:{listener.getsockname()[1]}")
+        assert locate_model(DEFAULT_GEN_MODEL) == DEFAULT_GEN_MODEL
 
 
 def test_stream_eval_default_model_fails_fast_without_a_network(
