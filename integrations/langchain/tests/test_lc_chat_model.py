@@ -6,6 +6,7 @@ import pytest
 from langchain.agents import create_agent
 from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
+from langchain_core.runnables import RunnableBinding
 from langchain_core.tools import tool
 from langchain_qwen3guard import Qwen3GuardChatModel, guard_chat_model
 from langgraph.graph import END, START, MessagesState, StateGraph
@@ -114,7 +115,8 @@ def test_bind_tools_and_structured_output_pass_through(guard):
     )
     model = guard_chat_model(inner, guard)
     bound = model.bind_tools([get_weather])
-    assert isinstance(bound, Qwen3GuardChatModel)
+    # a RunnableBinding of the guarded model, like any chat model's bind_tools
+    assert isinstance(bound, RunnableBinding) and isinstance(bound.bound, Qwen3GuardChatModel)
     assert [t.name for t in inner.bound_tools] == ["get_weather"]
     out = bound.invoke(QUESTION)
     assert out.tool_calls[0]["name"] == "get_weather"
