@@ -149,7 +149,7 @@ def locate_model(name: str, *, hint: str = "pass a local checkpoint directory") 
     if path.exists():
         raise NotADirectoryError(f"{name} is a file, not a checkpoint directory")
     if _looks_like_path(name):
-        shown = name if str(path) == name else f"{name} ({path})"
+        shown = f"{name} ({path})" if name.startswith("~") else name
         raise FileNotFoundError(f"no model directory at {shown}")
     try:
         from huggingface_hub import constants, try_to_load_from_cache
