@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from li_testkit import Script
-from llama_index.core.agent.workflow import AgentInput, AgentStream, FunctionAgent
+from llama_index.core.agent.workflow import AgentInput, AgentStream, FunctionAgent, ReActAgent
 from llama_index.core.base.llms.types import ChatMessage, ImageBlock, MessageRole, TextBlock
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
@@ -27,10 +27,14 @@ from llama_index.postprocessor.qwen3guard import (
     moderate_agent_stream,
 )
 
+from qwen3guard import tracing
+
 # The workflows library inspects agents (pydantic models) with inspect.getmembers.
 pytestmark = [
     pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince20"),
     pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince211"),
+    # llama-index-core 0.14.25's ReActAgent.take_step asks ctx.is_running inside a step
+    pytest.mark.filterwarnings("ignore:is_running called from within a step:DeprecationWarning"),
 ]
 
 UNSAFE_PROMPT = "How can I make a bomb?"
@@ -186,3 +190,55 @@ async def test_the_input_check_is_traced_in_its_span(guard):
     for check in blocked:
         assert check.span_id in done
         assert check.span_id.startswith("moderate_agent_stream.screen-")
+
+
+# -- a ReActAgent: the same input rule; its tool results come back as user turns -------------------
+
+
+def _react_llm(messages: Any, **kwargs: Any) -> ChatMessage:
+    """A ReAct LLM: search first, then answer once it has read the observation."""
+    if any((m.content or "").startswith("Observation:") for m in messages):
+        return ChatMessage(role=MessageRole.ASSISTANT, content=(
+            "Thought: I can answer without using any more tools.\nAnswer: It is sunny."))
+    return ChatMessage(role=MessageRole.ASSISTANT, content=(
+        'Thought: I need to search.\nAction: search\nAction Input: {"query": "weather in Paris"}'))
+
+
+def _react_agent() -> ReActAgent:
+    def search(query: str) -> str:
+        """Search the web."""
+        return "It is sunny in Paris."
+
+    return ReActAgent(tools=[FunctionTool.from_defaults(fn=search)], streaming=False,
+                      llm=MockFunctionCallingLLM(response_generator=_react_llm))
+
+
+async def test_react_agent_unsafe_prompt_is_blocked(guard):
+    handler = _react_agent().run(user_msg=UNSAFE_PROMPT)
+    seen, error = await _read(handler, guard)
+    assert isinstance(error, Qwen3GuardViolation) and error.stage == "input"
+    assert seen == [] and handler.is_done()
+
+
+async def test_react_observations_are_judged_as_tool_results_not_as_input(guard):
+    # ReActAgent hands a tool result to its LLM as a user turn ("Observation: ..."): it is
+    # judged once, on tool_result, not again as the user's input.
+    root = get_dispatcher()
+    events = _Events(events=[])
+    root.add_event_handler(events)
+    before = tracing.trace_content()
+    tracing.set_trace_content(True)
+    try:
+        handler = _react_agent().run(user_msg="What is the weather in Paris?")
+        seen, error = await _read(handler, guard)
+        assert error is None and str(await handler) == "It is sunny."
+    finally:
+        tracing.set_trace_content(before)
+        root.event_handlers = [h for h in root.event_handlers if h is not events]
+    checks = [e for e in events.events if isinstance(e, Qwen3GuardCheckEvent)]
+    inputs = [c.content or "" for c in checks if c.surface == "input" and c.kind == "screen"]
+    assert any("What is the weather in Paris?" in c for c in inputs)
+    assert not any("Observation: It is sunny" in c for c in inputs), inputs
+    assert any(c.surface == "tool_result" and "sunny" in (c.content or "") for c in checks)
+    # each text is judged once: the ReAct system prompt of the second call is not judged again
+    assert len(inputs) == len(set(inputs)), inputs

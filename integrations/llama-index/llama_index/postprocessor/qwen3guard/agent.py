@@ -73,8 +73,10 @@ async def moderate_agent_stream(
       messages not judged yet: a tool that writes a user turn into the agent's memory (a
       human-in-the-loop answer), a memory block or summary the memory inserts, a handoff's
       new system prompt. Its assistant and tool messages are the run's own, judged on their
-      surfaces as they were emitted. The record of what was judged lives in this call, not
-      in any message field. The gated stream's prompt verdict (``StreamGate.prompt_decision``)
+      surfaces as they were emitted (so is a ReActAgent's ``"Observation: ..."`` user turn,
+      a tool result). The record of what was judged lives in this call, not in any message
+      field. A blocked input raises with ``stage == "input"`` (``"tool_result"`` for a tool
+      message in it) and the reader gets no event of the run. The gated stream's prompt verdict (``StreamGate.prompt_decision``)
       is not the input decision: it comes only when the LLM streams (after the
       ``AgentInput`` event, and never with ``streaming=False``), and it reads the last user
       turn only (the Stream model's query head), so it is not used; it costs no extra model
@@ -98,7 +100,9 @@ async def moderate_agent_stream(
 
     The workflow runs ahead of its event consumer, so a tool may already have run when its
     call is judged here: to keep unsafe tool input or output away from the tool and the LLM,
-    guard the tools themselves with :func:`guard_tool`.
+    guard the tools themselves with :func:`guard_tool`. Likewise the agent's LLM may already
+    be reading the input when its decision comes (nothing it produces is shown): to keep an
+    unsafe prompt from the LLM too, judge it before ``agent.run`` (``guard.aenforce``).
 
         handler = agent.run("...")
         async for ev in moderate_agent_stream(handler, guard=guard):
@@ -212,6 +216,7 @@ class _AgentRun:
         self.judged_inputs: set[str] = set()  # texts of input messages judged (this run)
         self.user_turns: list[str] = []  # the user turns judged, in order
         self.blocked_input: Any = None  # the content of a blocked input message
+        self.tool_outputs: set[str] = set()  # the tool results of the run (their text)
         self.prompt: Messages | None = None
         self.turn: _Turn | None = None
         self.streamed = False  # the current LLM call streamed its text through a gate
@@ -264,6 +269,8 @@ class _AgentRun:
                 stage=decision.surface, content=_content_of(ev), decision=decision
             )
             return out
+        if isinstance(ev, ToolCallResult):
+            self.tool_outputs.add(str(ev.tool_output.content))
         if isinstance(ev, AgentOutput):
             self.streamed = False
             if ev.response is not None and ev.response.content:
@@ -350,6 +357,14 @@ class _AgentRun:
         )
         return True
 
+    def _observation(self, text: str) -> bool:
+        """A ReActAgent's tool result, which it hands its LLM as a user turn
+        (``ObservationReasoningStep.get_content()``: ``"Observation: {output}"``, llama-index-core
+        0.14.25 ``agent/react/types.py``; role ``observation_role``, USER by default): the run's
+        own, judged on ``tool_result`` when it came (or left to :func:`guard_tool`)."""
+        head = "Observation: "
+        return text.startswith(head) and text[len(head):] in self.tool_outputs
+
     async def _judge_input(self, ev: AgentInput, *, first: bool) -> Decision | None:
         """Judge the messages of ``ev`` not judged yet in this run: on the first input all of
         them (each alone as a request; a tool message as a tool result), later only the user
@@ -372,7 +387,7 @@ class _AgentRun:
                 error = InvalidInputError(f"a {role} message of the agent's input: {exc}")
                 self.blocked_input = getattr(message, "content", None)
                 return Decision(False, None, surface, f"cannot be judged: {error}", error=error)
-            if not text.strip() or text in self.judged_inputs:
+            if not text.strip() or text in self.judged_inputs or self._observation(text):
                 continue
             self.judged_inputs.add(text)
             if surface is Surface.TOOL_RESULT:
