@@ -19,7 +19,8 @@ this run, so the load of a shared machine affects both sides alike:
    call, throughput (conversations/s) and the library's ratio. Random weights never emit eos,
    so both sides generate exactly ``--gen-new-tokens`` tokens (checked).
 4. fp32 against bf16 on this CPU: the Stream session per token, and the Gen batch-1 check; and
-   what ``qwen3guard.gen.local.resolve_device_dtype`` picks on CPU and on CUDA.
+   what ``qwen3guard.gen.local.resolve_device_dtype`` picks on CPU (for this Gen model's size,
+   and for Stream) and on CUDA (``benchmarks/dtype.py`` measures the dtypes on their own).
 """
 
 from __future__ import annotations
@@ -209,15 +210,21 @@ def gen_phase(gen_dir: str, batches: list[int], new_tokens: int, bf16: bool,
 
     if bf16:
         cs = convs(1)
-        bf_model = type(model).from_pretrained(gen_dir, dtype=torch.bfloat16).eval()
+        # The guard loaded its default dtype (bf16 at this size on a CPU with AMX): the other one
+        # is loaded beside it.
+        other = torch.float32 if model.dtype == torch.bfloat16 else torch.bfloat16
+        other_model = type(model).from_pretrained(gen_dir, dtype=other).eval()
+        fp_model, bf_model = ((other_model, model) if other == torch.float32
+                              else (model, other_model))
+        out["default_dtype"] = str(model.dtype)
         fp, bf = [], []
         for r in range(2):
             for name in (("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32")):
                 t0 = time.perf_counter()
-                bare(cs, model if name == "fp32" else bf_model)
+                bare(cs, fp_model if name == "fp32" else bf_model)
                 (fp if name == "fp32" else bf).append(time.perf_counter() - t0)
         out["bf16_vs_fp32_generate_batch1"] = round(min(bf) / min(fp), 3)
-        del bf_model
+        del other_model, fp_model, bf_model
         print(json.dumps({"bf16_vs_fp32_generate_batch1": out["bf16_vs_fp32_generate_batch1"]}),
               file=sys.stderr, flush=True)
     prompt_len = len(gen.encoder.encode(convs(1)[0]))
@@ -255,10 +262,17 @@ def gen_phase(gen_dir: str, batches: list[int], new_tokens: int, bf16: bool,
     return out
 
 
-def dtype_choice() -> dict:
+def dtype_choice(root: Path | None = None) -> dict:
     import torch
 
-    from qwen3guard.gen.local import resolve_device_dtype
+    from qwen3guard.gen.local import cpu_has_native_bf16, param_count, resolve_device_dtype
+    from qwen3guard.stream.local_backend import resolve_device_dtype as stream_resolve
+
+    params = None
+    if root is not None and (root / "gen" / "config.json").is_file():
+        from transformers import AutoConfig
+
+        params = param_count(AutoConfig.from_pretrained(str(root / "gen")))
 
     flags = set()
     try:
@@ -269,7 +283,10 @@ def dtype_choice() -> dict:
     except OSError:
         pass
     return {
-        "cpu_default": str(resolve_device_dtype("cpu", None)[1]),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "gen_params_M": round(params / 1e6, 1) if params else None,
+        "cpu_default_gen": str(resolve_device_dtype("cpu", None, params=params)[1]),
+        "cpu_default_stream": str(stream_resolve("cpu", None)[1]),
         "cuda_default": str(resolve_device_dtype("cuda", None)[1]),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_bf16_flags": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"}),
@@ -302,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
         build(args.size, root)
     report: dict[str, Any] = {
-        "threads": args.threads, "load_avg_start": os.getloadavg()[0], "dtype": dtype_choice(),
+        "threads": args.threads, "load_avg_start": os.getloadavg()[0], "dtype": dtype_choice(root),
     }
     t0 = time.perf_counter()
     if not args.skip_stream:
