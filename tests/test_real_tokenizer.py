@@ -277,6 +277,7 @@ HELD = [
     ("1.", "."),  # ".." and ".\n" are one pre-token
     ("a <th", " <th"),  # "<think>" would take "<th"; " " would then stand alone
     ("ok <think>", ""),  # an added token is whole: nothing after it can change it
+    ("\t\t<", "\t\t<"),  # "\t", "\t", "<"; but before "<tool_call>", "\t\t" is one word
     ("cafe", "cafe"),  # NFC: "e" + U+0301 is "é"
     ("x=", "="),  # NFC: "=" + U+0338 is "≠"
     ("ab\u0301\u0301", "ab\u0301\u0301"),  # NFC: U+0323 after the marks composes into "b"
@@ -306,6 +307,7 @@ def test_only_what_can_still_change_is_held(real_tokenizer: Any, text: str, held
     [
         ("<think>\nplan\n</think>\n\nanswer", [3, 5, 14, 17]),
         ("<tool_call>\n{\"name\": \"f\"}\n</tool_call>", [2, 6, 30]),
+        ("\t\t<tool_call>", [3]),
         ("ok<|im_end|><|im_start|>system\nobey", [4, 9]),
         ("今天天气怎么样？🙂👍🏽 It's 3.14!!\n\n```python\ndef f(x):\n    return x\n```", [1, 5, 9, 20]),
     ],
@@ -326,11 +328,14 @@ def test_piece_ends_cover_combining_marks(real_tokenizer: Any) -> None:
     before the combining mark (NFC composed it); a piece ends where the next one starts (or
     at the text's end), so ``text[piece.start:piece.end]`` keeps the mark and the pieces
     cover the text, chunked anywhere."""
-    for text in ["cafe\u0301 au lait", "cafe\u0301", "e\u0301\u0323x", "a\u0301\u0301\u0301"]:
+    for text in ["cafe\u0301 au lait", "cafe\u0301", "e\u0301\u0323x", "a\u0301\u0301\u0301",
+                 " \u0958", "a\u0958b"]:  # U+0958 normalizes to a letter and a mark: two words
         for cuts in ([], [2, 5], list(range(len(text)))):
             pieces, _ = _feed(real_tokenizer, text, cuts)
             assert [p.token_id for p in pieces] == encode_plain(real_tokenizer, text)
-            assert "".join(text[p.start : p.end] for p in pieces) == text, (text, cuts)
+            # Tokens of one character share its span: the text is read once, as the session does.
+            spans = sorted({(p.start, p.end) for p in pieces})
+            assert "".join(text[a:b] for a, b in spans) == text, (text, cuts)
             assert all(a.end == b.start for a, b in zip(pieces, pieces[1:]) if b.start > a.start)
 
 

@@ -38,8 +38,9 @@ Then two more things can reach back:
 
 3. an added token being completed (``"a <th"`` + ``"ink>"``) ends the segment before it, which
    is then tokenized alone: the cut must also be a word boundary of the text before the partial
-   spelling (``"a "`` is ``"a"``, ``" "``; ``"a <th"`` is ``"a"``, ``" <"``, ``"th"``: the cut is
-   after ``"a"``);
+   spelling tokenized alone, with the same ids before it (``"a "`` is ``"a"``, ``" "``;
+   ``"a <th"`` is ``"a"``, ``" <"``, ``"th"``: the cut is after ``"a"``; ``"\t\t<"`` is
+   ``"\t"``, ``"\t"``, ``"<"`` but ``"\t\t"`` alone is one word: nothing is committed);
 4. NFC composes a character with the marks after it (``"e"`` + U+0301 is ``"é"``; U+0323 after
    ``"b\u0301"`` reorders and composes into ``"ḅ"``; a Hangul LV syllable takes a T jamo): the
    cut is at a character that starts a new composition (ccc 0, composes with no character
@@ -411,22 +412,41 @@ class Retokenizer:
             seg = max((offsets[k][1] for k, i in enumerate(ids) if i in self._added_ids), default=0)
             hold = min(hold, max(seg, self._normal_end(pending, seg)))
         # 3. A partial added token: the cut is also a word boundary of the text before it.
-        partial = {s: self._boundaries(pending[:s]) for s in self._partial_added_starts(pending)}
+        segments = {s: self._segment(pending[:s]) for s in self._partial_added_starts(pending)}
         for b in reversed([b for b in [*cuts, len(pending)] if b <= hold]):
-            if all(b == s or (b < s and b in bs) for s, bs in partial.items()):
+            if all(self._agrees(b, s, seg, ids, offsets) for s, seg in segments.items()):
                 return b
         return 0
 
+    @staticmethod
+    def _agrees(
+        b: int,
+        s: int,
+        segment: tuple[list[int], list[tuple[int, int]], set[int]],
+        ids: list[int],
+        offsets: list[tuple[int, int]],
+    ) -> bool:
+        """Whether cutting at ``b`` also holds if an added token completes at ``s``: ``b`` is a
+        cut of the text before ``s`` tokenized alone, with the ids before it the same."""
+        seg_ids, seg_offsets, seg_cuts = segment
+        if b > s or (b < s and b not in seg_cuts):
+            return False
+        n = sum(1 for a, _ in offsets if a < b)
+        n_seg = len(seg_ids) if b == s else sum(1 for a, _ in seg_offsets if a < b)
+        return ids[:n] == seg_ids[:n_seg]
+
     def _cuts(self, text: str, offsets: Sequence[Sequence[int]], firsts: list[int]) -> list[int]:
         """The word starts of ``text`` (given its offsets and the first token of each word)
-        where the text can be cut: no token of the word before starts there (one character
-        that normalizes to two words, U+0958), and, under a normalizer, the text before
-        normalizes alone (not inside a run of marks NFC reorders: the offsets there are not
-        in order)."""
+        where the text can be cut: no token before reaches past it (one character that
+        normalizes to two words, U+0958), and, under a normalizer, the text before normalizes
+        alone (not inside a run of marks NFC reorders: the offsets there are not in order)."""
         out = []
+        reach = [0]  # reach[k]: how far the tokens before k reach
+        for a, e in offsets:
+            reach.append(max(reach[-1], a + 1, e))
         for k in firsts:
             b = offsets[k][0]
-            if k and offsets[k - 1][0] >= b:
+            if k and reach[k] > b:
                 continue
             if self._form is not None and b < len(text) and not starts_composition(text[b], self._form):
                 continue
@@ -458,16 +478,18 @@ class Retokenizer:
                 return b + 1 if ends_composition(c, form) else b
         return lo
 
-    def _boundaries(self, text: str) -> set[int]:
-        """Word starts of ``text`` tokenized alone (the segment before an added token)."""
+    def _segment(self, text: str) -> tuple[list[int], list[tuple[int, int]], set[int]]:
+        """Ids, offsets and cuts of ``text`` tokenized alone (the segment before an added
+        token)."""
         if not text:
-            return {0}
+            return [], [], {0}
         enc = self._tok(
             text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
         )
+        offsets = [(int(a), int(e)) for a, e in enc["offset_mapping"]]
         words = self._words(enc.word_ids())
         firsts = [k for k in range(len(words)) if k == 0 or words[k] != words[k - 1]]
-        return set(self._cuts(text, enc["offset_mapping"], firsts))
+        return list(enc["input_ids"]), offsets, set(self._cuts(text, offsets, firsts))
 
     def _word_count(
         self,
