@@ -4,6 +4,7 @@ none`` serves no Gen, and serving nothing at all is refused before anything is l
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,18 @@ def test_stream_url_options_are_checked(capsys: pytest.CaptureFixture[str]) -> N
                  "--stream-submit-every", "0")
     assert run_serve(args) == 2
     assert "--stream-submit-every" in capsys.readouterr().err
+
+
+def test_a_missing_model_directory_fails_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``serve --model DIR`` with no such directory: exit 2, one line, before anything loads."""
+    import time
+
+    from qwen3guard.cli import main
+
+    t0 = time.monotonic()
+    assert main(["serve", "--model", f"{tmp_path}/nope"]) == 2
+    assert time.monotonic() - t0 < 10
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: no model directory at {tmp_path}/nope"]

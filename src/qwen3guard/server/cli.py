@@ -187,9 +187,10 @@ def resolve_models(args: argparse.Namespace) -> tuple[str | None, str | None]:
         model = None
     stream_model = args.stream_model
     if "tiny" in (model, stream_model):
+        from ..cli import _build_progress
         from ..tiny import ensure_built
 
-        root = ensure_built()
+        root = ensure_built(progress=_build_progress())
         model = str(root / "gen") if model == "tiny" else model
         stream_model = str(root / "stream") if stream_model == "tiny" else stream_model
     return model, stream_model
@@ -201,10 +202,16 @@ def build_guard(args: argparse.Namespace) -> Any:
     :class:`~qwen3guard.stream.vllm.VLLMStreamBackend`: then this process loads no Stream model
     and holds no KV cache; a session's state is the ids it has sent, and vLLM's prefix cache
     makes each request compute only the new tokens."""
+    from ..defaults import locate_model
     from ..guard import Qwen3Guard
     from ..policy import Policy
 
     model, stream_model = resolve_models(args)
+    # Models loaded here fail in seconds when missing or offline (not after the hub's retries);
+    # with --stream-url the Stream model is a name on that server, not loaded here.
+    model = locate_model(model, hint="pass --model DIR or 'tiny'") if model else None
+    if stream_model is not None and not args.stream_url:
+        stream_model = locate_model(stream_model, hint="pass --stream-model DIR or 'tiny'")
     stream: Any = None
     if args.stream_url:
         from ..stream.vllm import VLLMStreamBackend
