@@ -11,8 +11,10 @@ folder in the checkout can add files to the wheel, and the sdist is checked to b
 ``testing`` folder, a ``test_*.py`` or ``conftest.py`` file, or a server launcher (``launch.py``),
 or when ``twine check`` finds a distribution's metadata wrong.
 
-``--smoke`` installs the three wheels (not the checkout) with ``torch`` (the CPU build named by
-``--torch``) into a new virtualenv and runs :data:`SMOKE` there, from a directory outside the
+``--smoke`` installs the three wheels (not the checkout) with ``torch`` (``--torch``, default
+``torch==2.13.0``: on this project's machines pip takes a CPU build of it from the local disk, as
+the Makefile's install does; on an ordinary host that spec downloads a CUDA build, so pass e.g.
+``--torch "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"``) into a new virtualenv and runs :data:`SMOKE` there, from a directory outside the
 checkout: each package imports from the venv's site-packages, the built-in checkpoints load
 (their package data is in the wheel), a Gen check blocks an unsafe prompt, and the LangChain
 runnable and the LlamaIndex postprocessor each judge through the installed core.
@@ -103,7 +105,7 @@ def smoke(wheels: list[Path], torch_spec: str, workdir: Path) -> bool:
     python = venv / "bin" / "python"
     pip = [str(python), "-m", "pip", "install", "-qq", "--progress-bar", "off"]
     pip += ["--disable-pip-version-check"]
-    subprocess.run([*pip, torch_spec], check=True)
+    subprocess.run([*pip, *torch_spec.split()], check=True)
     core = next(w for w in wheels if w.name.startswith("qwen3guard-"))
     others = [str(w) for w in wheels if w != core]
     subprocess.run([*pip, f"qwen3guard[local] @ {core.as_uri()}", *others], check=True)
