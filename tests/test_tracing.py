@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from qwen3guard import Qwen3Guard, StreamGate, Surface, UnsafeContentError, tracing
+from qwen3guard import (
+    InvalidInputError,
+    Qwen3Guard,
+    StreamGate,
+    Surface,
+    UnsafeContentError,
+    tracing,
+)
 from qwen3guard.stream.intervene import Intervention, aintervene, intervene
 from qwen3guard.tracing import CheckEvent
 from tests.support.launch import free_port
@@ -373,3 +380,207 @@ def test_nothing_without_opentelemetry(
     _drive(gate, CLEAN)
     assert spans.get_finished_spans() == ()
     assert len(rec.events) == 3  # observers still hear every check
+
+
+# -- what stays out of traces, and spans that always end (review of 2026-11-30) ---------------
+
+SECRET = "078-05-1120"
+# Content that cannot be judged, whose error message quotes the input (a role, a block's type,
+# a block's keys).
+BAD_ITEMS: list[tuple[Any, Surface | str]] = [
+    ([{"role": f"ssn {SECRET}", "content": "hi"}], "input"),
+    ([{"role": "user", "content": [{"type": f"ssn {SECRET}", "x": 1}]}], "input"),
+    ([{"role": "user", "content": [{f"ssn {SECRET}": 1}]}], "input"),
+]
+
+
+def _span_text(span: Any) -> str:
+    """Everything a span carries, as text."""
+    return repr((span.name, dict(span.attributes), span.status.description,
+                 [(e.name, dict(e.attributes)) for e in span.events]))
+
+
+@pytest.fixture
+def live(_provider: Any) -> Iterator[dict[int, str]]:
+    """The spans started and not yet ended during the test."""
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    started: dict[int, str] = {}
+
+    class Live(SpanProcessor):
+        active = True
+
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            if self.active:
+                started[span.context.span_id] = span.name
+
+        def on_end(self, span: Any) -> None:
+            started.pop(span.context.span_id, None)
+
+    processor = Live()
+    _provider.add_span_processor(processor)
+    yield started
+    processor.active = False
+
+
+def test_input_text_stays_out_of_traces_unless_content_is_on(
+    gen_guard: Qwen3Guard, spans: Any, rec: Recorder
+) -> None:
+    from opentelemetry.trace import StatusCode
+
+    decisions = gen_guard.screen_batch(BAD_ITEMS)
+    assert all(d.blocked and SECRET in d.reason for d in decisions)  # the Decision is unchanged
+    assert [e.decision for e in rec.events] == decisions
+    for e in rec.events:
+        d = e.to_dict()
+        assert SECRET not in repr(d)
+        assert d["reason"] == "cannot be judged: InvalidInputError"
+        assert d["error"] == {"type": "InvalidInputError"}
+    finished = spans.get_finished_spans()
+    assert len(finished) == 4 and all(SECRET not in _span_text(s) for s in finished)
+    items = [s for s in finished if not s.name.endswith(" batch")]
+    assert all(s.status.status_code is StatusCode.ERROR for s in items)
+    assert all(s.attributes["error.type"] == "InvalidInputError" for s in items)
+
+    spans.clear()
+    rec.events.clear()
+    tracing.set_trace_content(True)  # (the rec fixture restores the setting)
+    gen_guard.screen_batch(BAD_ITEMS)
+    for e in rec.events:
+        d = e.to_dict()
+        assert SECRET in d["reason"] and SECRET in d["error"]["message"]
+    items = [s for s in spans.get_finished_spans() if not s.name.endswith(" batch")]
+    assert len(items) == 3
+    assert all(SECRET in s.attributes["qwen3guard.reason"] for s in items)
+    assert all(SECRET in s.status.description for s in items)
+
+
+def test_a_screen_that_raises_on_invalid_input_reports_one_blocked_check(
+    gen_guard: Qwen3Guard, spans: Any, live: dict[int, str], rec: Recorder
+) -> None:
+    from opentelemetry.trace import StatusCode
+
+    with pytest.raises(InvalidInputError):
+        gen_guard.screen(BAD_ITEMS[0][0], "output")
+    (event,) = rec.events
+    assert event.kind == "screen" and event.surface is Surface.OUTPUT
+    assert event.decision.blocked and isinstance(event.decision.error, InvalidInputError)
+    assert SECRET not in repr(event.to_dict())
+    (span,) = spans.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR and SECRET not in _span_text(span)
+    assert live == {}
+
+
+async def test_an_async_screen_that_raises_on_invalid_input_reports_one_blocked_check(
+    gen_guard: Qwen3Guard, spans: Any, live: dict[int, str], rec: Recorder
+) -> None:
+    with pytest.raises(InvalidInputError):
+        await gen_guard.ascreen(BAD_ITEMS[1][0])
+    with pytest.raises(InvalidInputError):
+        await gen_guard.aenforce(BAD_ITEMS[2][0])
+    assert [(e.surface, e.decision.allowed) for e in rec.events] == [(Surface.INPUT, False)] * 2
+    assert rec.paths == ["async", "async"]
+    assert len(spans.get_finished_spans()) == 2 and live == {}
+    assert all(SECRET not in _span_text(s) for s in spans.get_finished_spans())
+
+
+async def test_a_gate_whose_prompt_cannot_be_judged_ends_its_span(
+    guard: Qwen3Guard, spans: Any, live: dict[int, str], rec: Recorder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.trace import StatusCode
+
+    with pytest.raises(InvalidInputError):
+        StreamGate.open(guard, BAD_ITEMS[0][0])
+    with pytest.raises(InvalidInputError):
+        await StreamGate.aopen(guard, BAD_ITEMS[1][0])
+    assert [(e.kind, e.surface, e.decision.allowed) for e in rec.events] == [
+        ("stream", Surface.INPUT, False)] * 2
+    assert all(SECRET not in repr(e.to_dict()) for e in rec.events)
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"a bug near {SECRET}")
+
+    async def aboom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"a bug near {SECRET}")
+
+    monkeypatch.setattr(guard, "open_stream", boom)
+    monkeypatch.setattr(guard, "aopen_stream", aboom)
+    with pytest.raises(RuntimeError):
+        StreamGate.open(guard, PROMPT)
+    with pytest.raises(RuntimeError):
+        await StreamGate.aopen(guard, PROMPT)
+    assert len(rec.events) == 2  # an unexpected error is no check's outcome: no event
+    finished = spans.get_finished_spans()
+    assert len(finished) == 4 and live == {}
+    assert all(s.status.status_code is StatusCode.ERROR for s in finished)
+    assert [s.attributes["error.type"] for s in finished[2:]] == ["RuntimeError"] * 2
+    assert all(SECRET not in _span_text(s) for s in finished)
+
+
+async def test_an_unexpected_error_while_judging_the_answer_ends_its_span(
+    guard: Qwen3Guard, spans: Any, live: dict[int, str], rec: Recorder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.trace import StatusCode
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"a bug near {SECRET}")
+
+    async def aboom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"a bug near {SECRET}")
+
+    gate: StreamGate[str] = StreamGate.open(guard, None)
+    assert gate.session is not None
+    monkeypatch.setattr(gate.session, "feed_text", boom)
+    with pytest.raises(RuntimeError):
+        gate.feed("Once", "Once")
+    agate: StreamGate[str] = await StreamGate.aopen(guard, None)
+    assert agate.session is not None
+    monkeypatch.setattr(agate.session, "afeed_text", aboom)
+    with pytest.raises(RuntimeError):
+        await agate.afeed("Once", "Once")
+    fgate: StreamGate[str] = StreamGate.open(guard, None)
+    assert fgate.session is not None
+    fgate.feed("Once", "Once")
+    monkeypatch.setattr(fgate.session, "close", boom)
+    with pytest.raises(RuntimeError):
+        fgate.finish()
+    finished = spans.get_finished_spans()
+    assert len(finished) == 3 and live == {}
+    assert all(s.status.status_code is StatusCode.ERROR for s in finished)
+    assert all(s.attributes["error.type"] == "RuntimeError" for s in finished)
+    assert all(SECRET not in _span_text(s) for s in finished)
+    assert rec.events == []
+
+
+def test_a_kept_flag_is_reported_when_the_gate_is_finished(guard: Qwen3Guard, rec: Recorder) -> None:
+    gate: StreamGate[str] = StreamGate.open(guard, PROMPT, keep_on_flag=True)
+    step = _drive(gate, FLAGGED)
+    assert step.flagged and len(rec.events) == 1  # a rollback may still undo the flag
+    assert gate.finish().flagged
+    assert len(rec.events) == 2  # finishing gives the gate up: its flag is reported
+    gate.abort()
+    gate.finish()
+    assert [(e.surface, e.decision.allowed) for e in rec.events] == [
+        (Surface.INPUT, True), (Surface.OUTPUT, False)]
+    assert rec.events[1].decision == step.decision
+
+
+async def test_a_kept_flag_is_reported_when_the_gate_is_finished_async(
+    guard: Qwen3Guard, rec: Recorder
+) -> None:
+    gate: StreamGate[str] = await StreamGate.aopen(guard, PROMPT, keep_on_flag=True)
+    step = None
+    for c in FLAGGED:
+        step = await gate.afeed(c, c)
+        if step.flagged:
+            break
+    assert step is not None and step.flagged and len(rec.events) == 1
+    assert (await gate.afinish()).flagged
+    assert len(rec.events) == 2
+    await gate.aabort()
+    await gate.afinish()
+    assert [(e.surface, e.decision.allowed) for e in rec.events] == [
+        (Surface.INPUT, True), (Surface.OUTPUT, False)]
+    assert rec.paths == ["async", "async"]

@@ -391,13 +391,20 @@ class Qwen3Guard:
         strict_input: bool,
         batch: bool,
     ) -> list[Decision]:
-        """Screen ``items``; each decision is reported as one check (qwen3guard.tracing)."""
-        with ScreenTrace(self.gen, items, batch=batch) as trace:
-            plan = ScreenPlan(self.policy, items, policy, strict_input=strict_input)
-            trace.judging(plan.surfaces)
-            if plan.convs:
-                plan.results = self._judge_all(plan.convs)
-            decisions = plan.finish()
+        """Screen ``items``; each decision is reported as one check (qwen3guard.tracing), and so
+        is a single screen that raises InvalidInputError (as a blocked check)."""
+        trace = ScreenTrace(self.gen, items, batch=batch)
+        try:
+            with trace:
+                plan = ScreenPlan(self.policy, items, policy, strict_input=strict_input)
+                trace.judging(plan.surfaces)
+                if plan.convs:
+                    plan.results = self._judge_all(plan.convs)
+                decisions = plan.finish()
+        except InvalidInputError:
+            for event in trace.raised:
+                emit(event)
+            raise
         for event in trace.done(decisions):
             emit(event)
         return decisions
@@ -410,12 +417,18 @@ class Qwen3Guard:
         strict_input: bool,
         batch: bool,
     ) -> list[Decision]:
-        with ScreenTrace(self.gen, items, batch=batch) as trace:
-            plan = ScreenPlan(self.policy, items, policy, strict_input=strict_input)
-            trace.judging(plan.surfaces)
-            if plan.convs:
-                plan.results = await self._ajudge_all(plan.convs)
-            decisions = plan.finish()
+        trace = ScreenTrace(self.gen, items, batch=batch)
+        try:
+            with trace:
+                plan = ScreenPlan(self.policy, items, policy, strict_input=strict_input)
+                trace.judging(plan.surfaces)
+                if plan.convs:
+                    plan.results = await self._ajudge_all(plan.convs)
+                decisions = plan.finish()
+        except InvalidInputError:
+            for event in trace.raised:
+                await aemit(event)
+            raise
         for event in trace.done(decisions):
             await aemit(event)
         return decisions

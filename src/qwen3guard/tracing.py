@@ -16,8 +16,19 @@ stopped it), not each token. Sync paths call each observer's ``on_check``; async
 An observer that raises never changes a decision or breaks a check: the error is logged (at
 warning, once per observer class).
 
+A check that raises reports no event, except content that cannot be judged as given:
+``screen`` / ``ascreen`` / ``enforce`` / ``aenforce`` and ``StreamGate.open`` / ``aopen``
+raising :class:`~qwen3guard.InvalidInputError` report it as one blocked check (the decision
+``screen_batch`` gives such an item) before raising. Any other exception (a bug, a
+cancellation) reports no event; its span still ends, with error status.
+
 The judged text is not in events or spans unless content tracing is on
 (:func:`set_trace_content`, or ``QWEN3GUARD_TRACE_CONTENT=1``): guard inputs can be sensitive.
+Nor, with it off, is any error's message (an error about bad input quotes the input; a
+server's error may quote the request): a decision's ``reason`` in :meth:`CheckEvent.to_dict`
+and in spans names the error's type instead (``"cannot be judged: InvalidInputError"``), and
+``error`` carries the type only. The :class:`~qwen3guard.Decision` itself (``event.decision``,
+the object the caller got) is unchanged.
 
 With OpenTelemetry installed (``pip install qwen3guard[otel]``) each check is also one span of
 the tracer ``qwen3guard``, following the GenAI semantic conventions where they apply
@@ -40,6 +51,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from .errors import InvalidInputError
 from .policy import Decision, Surface
 
 if TYPE_CHECKING:
@@ -74,7 +86,9 @@ class CheckEvent:
     ``kind``: ``"screen"`` for a Gen screen (one item of ``screen`` / ``screen_batch``),
     ``"stream"`` for the outcome of a gated stream (its final allow, or the flag that stopped
     it). ``content``: the judged text (the last turn of a screened conversation; the answer a
-    gate was fed), None unless content tracing is on.
+    gate was fed), None unless content tracing is on. ``with_content``: whether content
+    tracing was on for the check; when it was off, :meth:`to_dict` leaves every error message
+    out (see :func:`traced_reason`).
     """
 
     surface: Surface
@@ -83,23 +97,27 @@ class CheckEvent:
     model: str | None
     kind: Kind
     content: str | None = None
+    with_content: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe: surface, allowed, risk, categories, reason, refusal, error (type and
-        message, or None), latency_s, model, kind, and content when it is not None."""
+        """JSON-safe: surface, allowed, risk, categories, reason, refusal, error (type, and its
+        message only with content tracing; or None), latency_s, model, kind, and content when
+        it is not None."""
         d = self.decision
         v = d.verdict
+        error: dict[str, str] | None = None
+        if d.error is not None:
+            error = {"type": type(d.error).__name__}
+            if self.with_content:
+                error["message"] = str(d.error)
         out: dict[str, Any] = {
             "surface": Surface(self.surface).value,
             "allowed": d.allowed,
             "risk": v.risk.value if v is not None else None,
             "categories": [c.value for c in v.categories] if v is not None else [],
-            "reason": d.reason,
+            "reason": traced_reason(d, self.with_content),
             "refusal": v.refusal if v is not None else None,
-            "error": (
-                {"type": type(d.error).__name__, "message": str(d.error)}
-                if d.error is not None else None
-            ),
+            "error": error,
             "latency_s": float(self.latency_s),
             "model": self.model,
             "kind": self.kind,
@@ -214,6 +232,41 @@ def judged_text(conv: Any) -> str | None:
         return None
 
 
+_NOT_JUDGED = "could not judge: "
+
+
+def traced_reason(decision: Decision, with_content: bool) -> str:
+    """``decision.reason`` as traces carry it: whole with content tracing on; otherwise with
+    the error's message (which may quote the input) replaced by the error's type name."""
+    reason = decision.reason
+    if with_content:
+        return reason
+    exc = decision.error
+    if exc is not None:
+        name = type(exc).__name__
+        message = str(exc)
+        if message and reason.endswith(message):  # "<why>: <message>"
+            return reason[: len(reason) - len(message)] + name
+        if isinstance(exc, InvalidInputError):
+            return f"cannot be judged: {name}"
+        return f"guard could not judge: {name}"
+    # A stream session's own failure, reported in its update ("guard could not judge: <error>").
+    at = reason.find(_NOT_JUDGED)
+    if at >= 0:
+        return reason[: at + len(_NOT_JUDGED) - 2]
+    return reason
+
+
+def invalid_input(exc: InvalidInputError, surface: Surface | str) -> Decision:
+    """The decision for content that cannot be judged as given (as ``screen_batch`` gives a
+    bad item), for a check that raises ``exc``."""
+    try:
+        surface = Surface(surface)
+    except ValueError:
+        surface = Surface.INPUT
+    return Decision(False, None, surface, f"cannot be judged: {exc}", error=exc)
+
+
 # -- models --------------------------------------------------------------------------------------
 
 
@@ -279,11 +332,12 @@ def _finish_span(otel: Any, span: Any, event: CheckEvent) -> None:
     try:
         d = event.decision
         v = d.verdict
+        reason = traced_reason(d, event.with_content)
         attrs: dict[str, Any] = {
             "qwen3guard.surface": Surface(event.surface).value,
             "qwen3guard.allowed": d.allowed,
             "qwen3guard.categories": [c.value for c in v.categories] if v is not None else [],
-            "qwen3guard.reason": d.reason,
+            "qwen3guard.reason": reason,
             "qwen3guard.latency_s": float(event.latency_s),
         }
         if v is not None:
@@ -296,24 +350,36 @@ def _finish_span(otel: Any, span: Any, event: CheckEvent) -> None:
         evaluation: dict[str, Any] = {
             "gen_ai.evaluation.name": "qwen3guard",
             "gen_ai.evaluation.score.label": "allowed" if d.allowed else "blocked",
-            "gen_ai.evaluation.explanation": d.reason,
+            "gen_ai.evaluation.explanation": reason,
         }
         span.add_event("gen_ai.evaluation.result", evaluation)
         if d.error is not None:
-            span.record_exception(d.error)
-            span.set_attribute("error.type", type(d.error).__qualname__)
-            span.set_status(otel.Status(otel.StatusCode.ERROR, f"could not judge: {d.error}"))
+            _error_status(otel, span, d.error, event.with_content,
+                          f"could not judge: {d.error}")
     except Exception as exc:  # noqa: BLE001 - tracing never breaks a check
         log.debug("qwen3guard could not annotate its span: %r", exc)
     finally:
         span.end()
 
 
-def _fail_span(otel: Any, span: Any, exc: BaseException) -> None:
-    try:
+def _error_status(
+    otel: Any, span: Any, exc: BaseException, with_content: bool, description: str
+) -> None:
+    """Error status for ``exc``: with content tracing, ``description`` and the recorded
+    exception (message, stack); without, the exception's type name only."""
+    name = type(exc).__qualname__
+    span.set_attribute("error.type", name)
+    if with_content:
         span.record_exception(exc)
-        span.set_attribute("error.type", type(exc).__qualname__)
-        span.set_status(otel.Status(otel.StatusCode.ERROR, str(exc)))
+        span.set_status(otel.Status(otel.StatusCode.ERROR, description))
+    else:
+        span.add_event("exception", {"exception.type": name})
+        span.set_status(otel.Status(otel.StatusCode.ERROR, name))
+
+
+def _fail_span(otel: Any, span: Any, exc: BaseException, with_content: bool) -> None:
+    try:
+        _error_status(otel, span, exc, with_content, str(exc))
     except Exception as err:  # noqa: BLE001
         log.debug("qwen3guard could not annotate its span: %r", err)
     finally:
@@ -349,6 +415,8 @@ class ScreenTrace:
         self._outer: Any = None
         self._spans: list[Any] = []
         self._token: Any = None
+        #: After a single screen raised InvalidInputError: its one event, to emit.
+        self.raised: list[CheckEvent] = []
         if self._otel is not None:
             try:
                 attrs = _base_attributes("screen", self.model, provider_name(backend))
@@ -381,12 +449,20 @@ class ScreenTrace:
         tb: TracebackType | None,
     ) -> None:
         self._detach()
-        if exc is not None:
+        if exc is None:
+            return
+        if isinstance(exc, InvalidInputError) and not self.batch and self._items:
+            # A single screen of content that cannot be judged: one blocked check, then raise.
+            item = self._items[0]
+            surface = item[1] if isinstance(item, tuple) and len(item) > 1 else Surface.INPUT
+            self.raised = self.done([invalid_input(exc, surface)])
+            return
+        if self._otel is not None:
             for span in self._spans:
-                _fail_span(self._otel, span, exc)
+                _fail_span(self._otel, span, exc, self._content)
             if self._outer is not None:
-                _fail_span(self._otel, self._outer, exc)
-            self._spans, self._outer = [], None
+                _fail_span(self._otel, self._outer, exc, self._content)
+        self._spans, self._outer = [], None
 
     def _detach(self) -> None:
         if self._token is not None:
@@ -424,7 +500,7 @@ class ScreenTrace:
                 item = self._items[i]
                 content = judged_text(item[0] if isinstance(item, tuple) else item)
             events.append(CheckEvent(decision.surface, decision, latency, self.model,
-                                     "screen", content))
+                                     "screen", content, self._content))
         if self._otel is not None:
             if self.batch:
                 for span, event in zip(self._spans, events):
@@ -444,7 +520,8 @@ class GateTrace:
     def __init__(self, backend: Any, *, reported: bool = False) -> None:
         self.t0 = time.perf_counter()
         self.model = model_name(backend)
-        self.content: list[str] | None = [] if trace_content() else None
+        self.with_content = trace_content()
+        self.content: list[str] | None = [] if self.with_content else None
         self.reported = reported  # True: a trace with nothing to report (and no span)
         self._otel = None if reported else _otel()
         self._span: Any = None
@@ -475,8 +552,17 @@ class GateTrace:
         self.reported = True
         content = "".join(self.content) if self.content is not None else None
         event = CheckEvent(decision.surface, decision, time.perf_counter() - self.t0,
-                           self.model, "stream", content)
+                           self.model, "stream", content, self.with_content)
         if self._span is not None:
             _finish_span(self._otel, self._span, event)
             self._span = None
         return event
+
+    def failed(self, exc: BaseException) -> None:
+        """The check raised ``exc`` (no decision): end the span with error status, no event."""
+        if self.reported:
+            return
+        self.reported = True
+        if self._span is not None:
+            _fail_span(self._otel, self._span, exc, self.with_content)
+            self._span = None

@@ -51,7 +51,7 @@ from ..errors import (
     UnsafeContentError,
 )
 from ..policy import Decision, Policy, Surface
-from ..tracing import CheckEvent, GateTrace, aemit, emit, judged_text
+from ..tracing import CheckEvent, GateTrace, aemit, emit, invalid_input, judged_text
 from .session import StreamSession
 from .types import StreamUpdate
 
@@ -140,6 +140,10 @@ class StreamGate(Generic[T]):
             session = guard.open_stream(prompt_messages, policy=pol, **session_options)
         except _COULD_NOT_JUDGE as exc:
             gate = cls._unopened(pol, exc)
+        except BaseException as exc:
+            for event in _open_failed(prompt_trace, exc):
+                emit(event)
+            raise
         else:
             gate = cls(session, policy=pol, prompt_decision=_prompt_decision(pol, session),
                        buffer_tokens=buffer_tokens, keep_on_flag=keep_on_flag)
@@ -165,6 +169,10 @@ class StreamGate(Generic[T]):
             session = await guard.aopen_stream(prompt_messages, policy=pol, **session_options)
         except _COULD_NOT_JUDGE as exc:
             gate = cls._unopened(pol, exc)
+        except BaseException as exc:
+            for event in _open_failed(prompt_trace, exc):
+                await aemit(event)
+            raise
         else:
             gate = cls(session, policy=pol, prompt_decision=_prompt_decision(pol, session),
                        buffer_tokens=buffer_tokens, keep_on_flag=keep_on_flag)
@@ -249,6 +257,9 @@ class StreamGate(Generic[T]):
             step = self._release(self.session.feed_text(text))
         except (*_COULD_NOT_JUDGE, InvalidInputError) as exc:
             step = self._failed(exc)
+        except BaseException as exc:
+            self._trace_failed(exc)
+            raise
         if self._open or (self._done is not None and not self.keep_on_flag):
             self.session.abort()  # no longer judging: free the session now
         for event in self._report():
@@ -257,11 +268,18 @@ class StreamGate(Generic[T]):
 
     def finish(self) -> GateStep[T]:
         """The answer has ended: judge what is left (the session's close), then release it all
-        or flag. Idempotent."""
+        or flag. Idempotent. (A gate kept at a flag, ``keep_on_flag=True``, is given up here:
+        its flag is reported.)"""
         if self._done is not None:
+            for event in self._report(final=True):
+                emit(event)
             return self._done
         self._tracing()
-        step = self._finish()
+        try:
+            step = self._finish()
+        except BaseException as exc:
+            self._trace_failed(exc)
+            raise
         for event in self._report():
             emit(event)
         return step
@@ -355,6 +373,9 @@ class StreamGate(Generic[T]):
             step = self._release(await self.session.afeed_text(text))
         except (*_COULD_NOT_JUDGE, InvalidInputError) as exc:
             step = self._failed(exc)
+        except BaseException as exc:
+            self._trace_failed(exc)
+            raise
         if self._open or (self._done is not None and not self.keep_on_flag):
             await self.session.aabort()
         for event in self._report():
@@ -363,9 +384,15 @@ class StreamGate(Generic[T]):
 
     async def afinish(self) -> GateStep[T]:
         if self._done is not None:
+            for event in self._report(final=True):
+                await aemit(event)
             return self._done
         self._tracing()
-        step = await self._afinish()
+        try:
+            step = await self._afinish()
+        except BaseException as exc:
+            self._trace_failed(exc)
+            raise
         for event in self._report():
             await aemit(event)
         return step
@@ -397,6 +424,11 @@ class StreamGate(Generic[T]):
         if self._trace is None:
             self._trace = GateTrace(self._trace_backend)
         return self._trace
+
+    def _trace_failed(self, exc: BaseException) -> None:
+        """Judging the answer raised ``exc`` (not a could-not-judge): its span ends, no event."""
+        if self._trace is not None:
+            self._trace.failed(exc)
 
     def _report(self, *, final: bool = False) -> list[CheckEvent]:
         """The answer's one event, once the gate has its final decision: a flag (with
@@ -530,6 +562,18 @@ class StreamGate(Generic[T]):
 def _judging_backend(guard: Qwen3Guard) -> Any:
     """What judges a gated stream: the Stream model, else Gen (the fallback session)."""
     return guard.stream if guard.stream is not None else guard.gen
+
+
+def _open_failed(prompt_trace: GateTrace | None, exc: BaseException) -> list[CheckEvent]:
+    """Opening raised ``exc``: a prompt that cannot be judged as given is one blocked check
+    (its event); anything else ends the prompt's span with no event."""
+    if prompt_trace is None:
+        return []
+    if isinstance(exc, InvalidInputError):
+        event = prompt_trace.done(invalid_input(exc, Surface.INPUT))
+        return [event] if event is not None else []
+    prompt_trace.failed(exc)
+    return []
 
 
 def _prompt_decision(policy: Policy, session: StreamSession) -> Decision:
