@@ -70,9 +70,14 @@ class Qwen3Guard:
         if gen is None and stream is None:
             raise ValueError("Qwen3Guard needs a Gen backend, a Stream backend, or both")
         self.gen = gen
+        """The Gen backend (in process, or a served model); None for a Stream-only guard."""
         self.stream = stream
+        """The Stream backend (local, ``qwen3guard serve``, or vLLM); None: Gen re-checks."""
         self.policy = policy or Policy()
+        """The policy ``screen`` / ``enforce`` and the integrations use unless given another."""
         self.stream_fallback_every = stream_fallback_every
+        """Without a Stream backend, a streamed answer is re-checked by Gen every this many
+        tokens."""
 
     # -- construction --------------------------------------------------------------------------
 
