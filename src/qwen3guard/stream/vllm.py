@@ -58,7 +58,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -232,7 +232,10 @@ class VLLMStreamBackend:
 
     def crop(self, cache: Any, length: int) -> Any:
         """The prefix cut back to ``length`` ids (a rollback)."""
-        return None if cache is None else _Prefix(cache.ids[:length], cache.salt, cache.session_id)
+        if cache is None:
+            return None
+        return _Prefix(cache.ids[:length], cache.salt, cache.session_id,
+                       _ids_json(cache.ids[:length]))
 
     def forward(
         self,
@@ -253,13 +256,19 @@ class VLLMStreamBackend:
             salt = salt or getattr(self._tls, "salt", None) or self.cache_salt
             sid = getattr(self._tls, "session_id", None)
         full = [*prefix, *ids]
+        # The JSON of the ids sent so far is kept with the prefix: a request appends only its
+        # new ids instead of re-encoding the whole prefix.
+        head = "" if cache is None else cache.encoded or _ids_json(prefix)
+        new = _ids_json(ids)
+        enc = f"{head},{new}" if head and new else head or new
         n = len(ids) if last is None else last
         want = len(full) - n
         if not self.read_cache:  # a baseline: every request computes its whole prefix
-            data = self._pool(full, want, query_index, salt, read_cache=False, session_id=sid)
+            data = self._pool(full, want, query_index, salt, read_cache=False, session_id=sid,
+                              encoded=enc)
             step = self._step(data["rows"], data.get("query"), n, query_index)
-            return step, _Prefix(full, salt, sid)
-        data = self._pool(full, want, query_index, salt, session_id=sid)
+            return step, _Prefix(full, salt, sid, enc)
+        data = self._pool(full, want, query_index, salt, session_id=sid, encoded=enc)
         rows = list(data["rows"])
         hi = data["first"]
         while hi > want:
@@ -278,7 +287,7 @@ class VLLMStreamBackend:
                                fill=True, session_id=sid).get("query")
             if query is None:
                 raise GuardOutputError("vLLM did not return the query heads asked for")
-        return self._step(rows, query, n, query_index), _Prefix(full, salt, sid)
+        return self._step(rows, query, n, query_index), _Prefix(full, salt, sid, enc)
 
     def _step(
         self, rows: Any, query: Any, n: int, query_index: int | None
@@ -339,24 +348,31 @@ class VLLMStreamBackend:
         read_cache: bool = True,
         fill: bool = False,
         session_id: str | None = None,
+        encoded: str | None = None,
     ) -> dict[str, Any]:
+        """One request; ``encoded``: the JSON of ``ids`` without brackets, if the caller
+        has it (else it is encoded here)."""
         if self._closed:
             raise GuardUnavailableError("the vLLM Stream backend has been closed")
-        body: dict[str, Any] = {
-            "model": self.model,
-            "data": {"prompt_token_ids": ids, "from": want, "read_cache": read_cache},
-        }
+        rest: dict[str, Any] = {"from": want, "read_cache": read_cache}
         if query_index is not None:
-            body["data"]["query_index"] = query_index
+            rest["query_index"] = query_index
         if salt:
-            body["data"]["cache_salt"] = salt
+            rest["cache_salt"] = salt
+        enc = _ids_json(ids) if encoded is None else encoded
+        content = (
+            f'{{"model":{json.dumps(self.model)},"data":{{"prompt_token_ids":[{enc}],'
+            f"{json.dumps(rest, separators=(',', ':'))[1:]}}}"
+        ).encode()
+        headers = {"Content-Type": "application/json",
+                   **(self._session_headers(session_id) or {})}
         import httpx
 
         t0 = time.perf_counter()
         attempt = 0
         while True:
             try:
-                r = self._http.post(self.url, json=body, headers=self._session_headers(session_id))
+                r = self._http.post(self.url, content=content, headers=headers)
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 if attempt >= self.max_retries:
                     raise _unavailable(f"vLLM at {self.url}", exc) from exc
@@ -403,6 +419,12 @@ class _Prefix:
     ids: list[int]
     salt: str | None = None
     session_id: str | None = None
+    encoded: str = field(default="", repr=False, compare=False)  # ``_ids_json(ids)``
+
+
+def _ids_json(ids: Sequence[int]) -> str:
+    """Token ids as the inside of a JSON array (``1,2,3``)."""
+    return ",".join(map(str, map(int, ids)))
 
 
 def _unavailable(what: str, exc: BaseException) -> GuardUnavailableError:

@@ -71,9 +71,8 @@ class StreamIOProcessor(IOProcessor[dict, dict]):
         if not isinstance(data, dict):
             raise ValueError("data must be an object with prompt_token_ids")
         ids = data.get("prompt_token_ids")
-        if not isinstance(ids, list) or not ids or not all(
-            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids
-        ):
+        # set(map(type, ...)): the one pass over the prefix, at C speed (bools are not ints here)
+        if not isinstance(ids, list) or not ids or set(map(type, ids)) != {int} or min(ids) < 0:
             raise ValueError("data.prompt_token_ids must be a non-empty list of token ids")
         if len(ids) > self.max_len:
             raise ValueError(
