@@ -9,7 +9,9 @@ of the guarded model carrying the tools as the wrapped model formats them), ``bi
 streaming, ``invoke`` / ``batch`` and their async forms; ``with_structured_output`` is the
 wrapped model's own with the guarded model in its place (the request is judged, and the
 structured answer, a JSON text or a tool call, is judged as the answer before the parser
-reads it). Every call judges the prompt and moderates the
+reads it, and the final result once more before it is returned; a structured chain that may
+still call the wrapped model elsewhere, e.g. from a fallback, runs outside the caller's
+callbacks). Every call judges the prompt and moderates the
 answer through a Qwen3Guard-Stream session while it streams, so wherever the model is called
 from (a chain, an agent, a LangGraph graph streamed with ``stream_mode="messages"``,
 ``astream_events``) what leaves it has been moderated: chunks are passed on as soon as the
@@ -24,13 +26,16 @@ The wrapped model runs *outside* LangChain's callbacks: its own raw tokens never
 caller's streaming handlers or traces as if they were this model's output; only the moderated
 chunks do. (Callbacks attached to the wrapped model itself still fire.) The guard's
 configuration is part of the identifying parameters, so LangChain's LLM cache keeps answers
-cached under different guards, policies or checks apart. The model is not LangChain-serializable
+cached under different guards, policies or checks apart (with ``guard=None``: the default
+guard's models and policy, resolved by :func:`qwen3guard.get_default_guard`). The model is not LangChain-serializable
 (``is_lc_serializable()`` is False): a guard holds loaded weights and is not serialized.
 """
 
 from __future__ import annotations
 
 import json
+import operator
+import types
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Literal
@@ -41,13 +46,17 @@ from langchain_core.callbacks import (
 )
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.output_parsers import BaseOutputParser
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import (
     Runnable,
     RunnableBinding,
     RunnableConfig,
+    RunnableLambda,
     RunnableParallel,
+    RunnablePassthrough,
     RunnableSequence,
+    RunnableWithFallbacks,
 )
 from langchain_core.runnables.passthrough import RunnableAssign
 from langchain_core.tools import BaseTool
@@ -196,12 +205,15 @@ class Qwen3GuardChatModel(BaseChatModel):
         }
 
     def _guard_params(self) -> dict[str, Any]:
-        guard = self.guard
-        policy = self.policy if self.policy is not None or guard is None else guard.policy
+        # with no guard given, the default guard (resolved: built from the environment on first
+        # use, or the one set_default_guard installed) is named by its models and policy too,
+        # so a persistent cache does not share answers across default-guard configurations
+        guard = self.guard if self.guard is not None else get_default_guard()
+        policy = self.policy if self.policy is not None else guard.policy
         return {
-            "gen": None if guard is None else _model_id(guard.gen),
-            "stream": None if guard is None else _model_id(guard.stream),
-            "default_guard": guard is None,
+            "gen": _model_id(guard.gen),
+            "stream": _model_id(guard.stream),
+            "default_guard": self.guard is None,
             "policy": repr(policy),
             "check_input": self.check_input,
             "check_output": self.check_output,
@@ -269,9 +281,12 @@ class Qwen3GuardChatModel(BaseChatModel):
         ``output``). A blocked request or result raises
         :class:`qwen3guard.Qwen3GuardViolation` (a structured result cannot be replaced).
 
-        Where the wrapped model's structured runnable does not call the wrapped model in a
-        way that can be swapped, it runs outside the caller's callbacks, between a check of
-        the request and a check of the parsed result (as JSON)."""
+        The final structured result is judged as the answer too (its JSON, surface
+        ``output``) before it is returned, so a structured runnable is not streamed piecewise.
+        Where the wrapped model's structured runnable may still call the wrapped model after
+        the swap (it holds a lambda, a fallback or a runnable the swap does not know, see
+        :func:`_may_call_a_model`), the original runs outside the caller's callbacks, between
+        a check of the request and that check of the result."""
         inner: Any = _base_model(self.llm) or self.llm
         if not hasattr(inner, "with_structured_output"):
             raise NotImplementedError(f"{type(inner).__name__} has no with_structured_output()")
@@ -279,11 +294,14 @@ class Qwen3GuardChatModel(BaseChatModel):
         judge = self.model_copy(update={"exit_behavior": "error"})
         judge._structured = True
         swapped = _swap_model(structured, inner, judge)
-        if swapped is not None:
-            return swapped.with_config(run_name="Qwen3GuardStructuredOutput")
-        return _GuardedStructured(guarded=self, structured=structured).with_config(
-            run_name="Qwen3GuardStructuredOutput"
-        )
+        if swapped is not None and not _may_call_a_model(swapped):
+            guarded = _GuardedStructured(guarded=self, structured=swapped, visible=True)
+        else:
+            # the wrapped model may still be called from somewhere the swap cannot see (a
+            # lambda, a fallback, an unknown runnable): it all runs outside the caller's
+            # callbacks, and only the judged result comes out
+            guarded = _GuardedStructured(guarded=self, structured=structured)
+        return guarded.with_config(run_name="Qwen3GuardStructuredOutput")
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -459,21 +477,31 @@ def on_unsafe_alias(data: Any) -> Any:
 
 
 class _GuardedStructured(Runnable[Any, Any]):
-    """request check -> the wrapped model's structured output -> result check."""
+    """request check -> the wrapped model's structured output -> result check.
 
-    def __init__(self, guarded: Qwen3GuardChatModel, structured: Runnable[Any, Any]) -> None:
+    ``visible``: ``structured`` is the wrapped model's chain with the guarded model swapped in
+    (and nothing left that may call a model unguarded): it runs inside the caller's callbacks
+    (a child run of this one), and the guarded model in it judges the request."""
+
+    def __init__(
+        self, guarded: Qwen3GuardChatModel, structured: Runnable[Any, Any], *,
+        visible: bool = False,
+    ) -> None:
         self.guarded = guarded
         self.structured = structured
+        self.visible = visible
 
     def _core(self, input: Any, config: RunnableConfig | None, kwargs: dict[str, Any]) -> Core[Any]:
         g = self.guarded
         guard = g.guard if g.guard is not None else get_default_guard()
         conv = messages_to_guard(g._convert_input(input).to_messages())
-        if g.check_input and conv:
+        if g.check_input and conv and not self.visible:
             decision = yield from screen_prompt(guard, _session_prompt(conv), g.policy)
             raise_if_blocked(decision, _last_text(conv))
         # the wrapped model's raw answer does not reach the caller's callbacks unjudged
-        inner_config: RunnableConfig = {**(config or {}), **_INNER_CONFIG}
+        inner_config: RunnableConfig = (
+            config or {} if self.visible else {**(config or {}), **_INNER_CONFIG}
+        )
         result = yield Op(self.structured.invoke, self.structured.ainvoke, input, inner_config,
                           **kwargs)
         if g.check_output:
@@ -484,10 +512,22 @@ class _GuardedStructured(Runnable[Any, Any]):
         return result
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return run(self._core(input, config, kwargs))
+        if not self.visible:
+            return run(self._core(input, config, kwargs))
+
+        def call(value: Any, run_manager: Any, config: RunnableConfig) -> Any:
+            return run(self._core(value, config, kwargs))
+
+        return self._call_with_config(call, input, config)
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return await arun(self._core(input, config, kwargs))
+        if not self.visible:
+            return await arun(self._core(input, config, kwargs))
+
+        async def call(value: Any, run_manager: Any, config: RunnableConfig) -> Any:
+            return await arun(self._core(value, config, kwargs))
+
+        return await self._acall_with_config(call, input, config)
 
 
 def guard_chat_model(
@@ -547,14 +587,21 @@ def _message_of(chunk: ChatGenerationChunk) -> BaseMessage:
 
 
 def _model_id(backend: Any) -> str | None:
-    """A guard backend's model name or path (``model_id`` / ``model``), or its type."""
+    """A guard backend's model name or path (``model_id`` / ``model``), or its type; for a
+    served model, ``@`` and where it is served (``base_url`` / ``url``)."""
     if backend is None:
         return None
+    name = type(backend).__name__
     for attr in ("model_id", "model", "model_name"):
         value = getattr(backend, attr, None)
         if isinstance(value, str):
-            return value
-    return type(backend).__name__
+            name = value
+            break
+    for attr in ("base_url", "url"):
+        value = getattr(backend, attr, None)
+        if isinstance(value, str):
+            return f"{name}@{value}"
+    return name
 
 
 def _structured_message_of(chunk: ChatGenerationChunk) -> BaseMessage:
@@ -608,6 +655,67 @@ def _swap_model(runnable: Any, model: Any, guarded: Qwen3GuardChatModel) -> Any:
         mapper = _swap_model(runnable.mapper, model, guarded)
         return None if mapper is None else RunnableAssign(mapper)
     return None
+
+
+_INERT = (type(None), bool, int, float, complex, str, bytes, type, types.ModuleType,
+          types.BuiltinFunctionType, operator.itemgetter, operator.attrgetter)
+
+
+def _may_call_a_model(runnable: Any) -> bool:
+    """Whether running ``runnable`` (a structured-output chain after the swap) may call a
+    model other than a guarded one. Only what can be seen through is taken as harmless: a
+    ``Qwen3GuardChatModel``, LangChain core's output parsers, bindings, sequences, maps,
+    assigns, fallbacks, passthroughs and lambdas whose functions reach nothing but inert
+    values (see :func:`_opaque_function`). Anything else (another model, a lambda closing
+    over a model, a runnable this does not know) may."""
+    if isinstance(runnable, Qwen3GuardChatModel):
+        return False
+    if isinstance(runnable, RunnableBinding):
+        return _may_call_a_model(runnable.bound)
+    if isinstance(runnable, RunnableSequence):
+        return any(_may_call_a_model(step) for step in runnable.steps)
+    if isinstance(runnable, RunnableParallel):
+        return any(_may_call_a_model(step) for step in runnable.steps__.values())
+    if isinstance(runnable, RunnableAssign):
+        return _may_call_a_model(runnable.mapper)
+    if isinstance(runnable, RunnableWithFallbacks):
+        return any(_may_call_a_model(r) for r in [runnable.runnable, *runnable.fallbacks])
+    if isinstance(runnable, RunnablePassthrough):
+        return _opaque_function(runnable.func) or _opaque_function(runnable.afunc)
+    if isinstance(runnable, RunnableLambda):
+        return _opaque_function(runnable.func) or _opaque_function(
+            getattr(runnable, "afunc", None))
+    if isinstance(runnable, BaseOutputParser):
+        return not type(runnable).__module__.startswith("langchain_core.output_parsers")
+    return True
+
+
+def _opaque_function(func: Any, depth: int = 0) -> bool:
+    """Whether ``func`` may reach something that could call a model: anything but no function,
+    an inert value, or a plain function whose closure cells and the globals it names are
+    inert values or such functions (a bound method, a partial, a callable object, a closure
+    over a model: opaque)."""
+    if func is None or isinstance(func, _INERT):
+        return False
+    if not isinstance(func, types.FunctionType) or depth > 3:
+        return True
+    values = [c.cell_contents for c in func.__closure__ or () if _filled(c)]
+    names: set[str] = set()
+    codes = [func.__code__]
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    values += [func.__globals__[n] for n in names if n in func.__globals__]
+    return any(_opaque_function(v, depth + 1) for v in values)
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty cell raises
+    except ValueError:
+        return False
+    return True
 
 
 def _cut(chunk: ChatGenerationChunk, text: str) -> ChatGenerationChunk:
