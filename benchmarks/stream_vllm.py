@@ -8,8 +8,9 @@ over vLLM against ``qwen3guard serve``'s WebSocket sessions.
    per request), cache reading on against off. On: a real session (``feed_ids([id])`` per
    token; each request carries the whole prefix and vLLM computes the tokens after its last
    cached block); the sessions of all lengths are fed round-robin, one token each per round,
-   so that every length sees the same machine load. Off: the same requests with ``read_cache: false``, so each computes its
-   whole prefix; the cost depends only on the position, so it is timed at every position below
+   and a shorter answer is moderated again in a new session each time it ends, so every
+   length is measured over the same stretch of time (the same machine load). Off: the same
+   requests with ``read_cache: false``, so each computes its whole prefix; the cost depends only on the position, so it is timed at every position below
    128, every 4th below 512 and every 16th beyond, and averaged with those weights. Each
    measurement has its own ``cache_salt``, so no run reads another's blocks.
 2. Tokens per request (k = ``submit_every``) at L=512: requests and per-token cost.
@@ -89,33 +90,40 @@ def cost_on(backend: Any, ids: list[int], k: int = 1) -> dict[str, float]:
 def costs_on(
     backend: Any, answers: dict[int, list[int]], k: int = 1
 ) -> dict[int, dict[str, float]]:
-    """One real session per answer (each with its own ``cache_salt``), ``k`` tokens per
-    request, fed round-robin: each round feeds one token to every session still going, so
-    every length is measured under the same machine load. Seconds per answer token."""
-    sessions = {
-        n: backend.open_session(PROMPT, cache_salt=uuid.uuid4().hex, submit_every=k)
-        for n in answers
-    }
-    spent = dict.fromkeys(answers, 0.0)
+    """Real sessions (each with its own ``cache_salt``), ``k`` tokens per request, fed
+    round-robin: each round feeds one token to one session of every length. A shorter answer
+    is moderated again, in a new session, each time it ends, until the longest ends, so every
+    length is measured over the same stretch of time, under the same machine load. Seconds
+    per answer token (the mean over all its feeds)."""
+
+    def open_one() -> Any:
+        return backend.open_session(PROMPT, cache_salt=uuid.uuid4().hex, submit_every=k)
+
+    sessions = {n: open_one() for n in answers}
+    pos = dict.fromkeys(answers, 0)
     feeds: dict[int, list[float]] = {n: [] for n in answers}
     stats: dict[int, list[Any]] = {n: [] for n in answers}
-    for r in range(max(len(ids) for ids in answers.values())):
+    longest = max(answers, key=lambda n: len(answers[n]))
+    while pos[longest] < len(answers[longest]):
         for n, ids in answers.items():
-            if r >= len(ids):
-                continue
+            if pos[n] == len(ids):  # a shorter answer ended: moderate it again
+                sessions[n], pos[n] = open_one(), 0
             m = len(backend.requests)
             t0 = time.perf_counter()
-            sessions[n].feed_ids([ids[r]])
-            if r == len(ids) - 1:
+            sessions[n].feed_ids([ids[pos[n]]])
+            pos[n] += 1
+            if pos[n] == len(ids):
                 sessions[n].close()
             feeds[n].append(time.perf_counter() - t0)
-            spent[n] += feeds[n][-1]
             stats[n].extend(list(backend.requests)[m:])
+    for n in answers:
+        if 0 < pos[n] < len(answers[n]):
+            sessions[n].close()  # an unfinished repeat: its feeds count, its close does not
     out = {}
     for n, reqs in stats.items():
         out[n] = {
-            "per_token_ms": 1000 * spent[n] / len(answers[n]),
-            # The median feed: a few stalls of a shared machine move the mean of 128 feeds.
+            "per_token_ms": 1000 * sum(feeds[n]) / len(feeds[n]),
+            # The median feed: a few stalls of a shared machine move the mean.
             "median_token_ms": 1000 * statistics.median(feeds[n]),
             "requests": len(reqs),
             "computed_per_request": sum(r.computed for r in reqs) / max(1, len(reqs)),
