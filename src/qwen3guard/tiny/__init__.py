@@ -1,7 +1,7 @@
 """The built-in small checkpoints: a Qwen3Guard-Gen and a Qwen3Guard-Stream checkpoint in the
-official formats, tiny Qwen3 models trained for seconds on CPU so that they answer in the real
-output format. Tests, notebooks and the demo use them offline; real checkpoints load through
-exactly the same code.
+official formats, tiny Qwen3 models trained on one CPU thread (about 50 s of CPU time, once per
+machine; a progress bar per stage) so that they answer in the real output format. Tests,
+notebooks and the demo use them offline; real checkpoints load through exactly the same code.
 
     qwen3guard tiny build DIR        # DIR/gen and DIR/stream, deterministic from the seed
     ensure_built()                   # a cached build, made once per machine
