@@ -201,7 +201,9 @@ def test_the_server_holds_no_stream_model_and_a_session_keeps_only_its_ids(
         ws.send_json({"close": True, "seq": 2})
         assert ws.receive_json()["type"] == "closed"
     assert type(prefix).__name__ == "_Prefix"
-    assert set(vars(prefix)) == {"ids", "salt", "session_id"}  # ids, no tensors
+    # ids (and their JSON, so a request encodes only its new ids), no tensors
+    assert set(vars(prefix)) == {"ids", "salt", "session_id", "encoded"}
+    assert prefix.encoded == ",".join(map(str, prefix.ids))
     assert prefix.session_id  # the affinity header's value
     ids = backend.tokenizer(answer, add_special_tokens=False)["input_ids"]
     # What the session holds is the ids it sent: the prompt plan's, then the answer's (the last
