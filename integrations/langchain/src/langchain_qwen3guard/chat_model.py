@@ -281,12 +281,11 @@ class Qwen3GuardChatModel(BaseChatModel):
         ``output``). A blocked request or result raises
         :class:`qwen3guard.Qwen3GuardViolation` (a structured result cannot be replaced).
 
-        The final structured result is judged as the answer too (its JSON, surface
-        ``output``) before it is returned, so a structured runnable is not streamed piecewise.
-        Where the wrapped model's structured runnable may still call the wrapped model after
-        the swap (it holds a lambda, a fallback or a runnable the swap does not know, see
-        :func:`_may_call_a_model`), the original runs outside the caller's callbacks, between
-        a check of the request and that check of the result."""
+        A structured runnable is not streamed piecewise. Where the wrapped model's structured
+        runnable may still call the wrapped model after the swap (it holds a lambda, a
+        fallback or a runnable the swap does not know, see :func:`_may_call_a_model`), the
+        original runs outside the caller's callbacks, between a check of the request and a
+        check of the final result (its JSON, surface ``output``)."""
         inner: Any = _base_model(self.llm) or self.llm
         if not hasattr(inner, "with_structured_output"):
             raise NotImplementedError(f"{type(inner).__name__} has no with_structured_output()")
@@ -481,7 +480,8 @@ class _GuardedStructured(Runnable[Any, Any]):
 
     ``visible``: ``structured`` is the wrapped model's chain with the guarded model swapped in
     (and nothing left that may call a model unguarded): it runs inside the caller's callbacks
-    (a child run of this one), and the guarded model in it judges the request."""
+    (a child run of this one), and the guarded model in it judges the request and the answer
+    the result is parsed from; the two checks here are for the other case."""
 
     def __init__(
         self, guarded: Qwen3GuardChatModel, structured: Runnable[Any, Any], *,
@@ -504,7 +504,9 @@ class _GuardedStructured(Runnable[Any, Any]):
         )
         result = yield Op(self.structured.invoke, self.structured.ainvoke, input, inner_config,
                           **kwargs)
-        if g.check_output:
+        # visible: the guarded model in the chain judged the answer the result is parsed from
+        # (and nothing else in the chain can call a model), so judging it again is work twice
+        if g.check_output and not self.visible:
             text = structured_text(result)
             answer = answer_conversation(conv, text)
             decision = yield screen_op(guard, answer, Surface.OUTPUT, g.policy)
