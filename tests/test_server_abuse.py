@@ -162,7 +162,7 @@ def test_batcher_serves_a_small_request_before_a_large_one_ends() -> None:
         order.extend(items)
         return items
 
-    batcher: MicroBatcher[str, str] = MicroBatcher(run, max_batch=4, max_wait_s=0)
+    batcher: MicroBatcher[str, str] = MicroBatcher(run, max_batch=4)
     try:
         big = batcher.submit_many([f"big{i}" for i in range(40)])
         time.sleep(0.05)  # the worker has taken the first batch and waits on the gate
@@ -183,7 +183,7 @@ def test_batcher_caps_a_batch_by_padded_tokens() -> None:
         return [len(i) for i in items]
 
     batcher: MicroBatcher[list[int], int] = MicroBatcher(
-        run, max_batch=32, max_wait_s=0.05, max_batch_cost=1000, cost=len
+        run, max_batch=32, max_batch_cost=1000, cost=len
     )
     try:
         futures = batcher.submit_many([[0] * 600, [0] * 600, [0] * 10, [0] * 10])

@@ -40,7 +40,6 @@ class MicroBatcher(Generic[T, R]):
         run_batch: Callable[[list[T]], Sequence[R]],
         *,
         max_batch: int = 16,
-        max_wait_s: float = 0.0,
         name: str = "qwen3guard-batcher",
         cost: Callable[[T], int] | None = None,
         max_batch_cost: int | None = None,
@@ -51,8 +50,6 @@ class MicroBatcher(Generic[T, R]):
             raise ValueError("max_batch_cost needs a cost function and must be >= 1")
         self._run_batch = run_batch
         self.max_batch = max_batch
-        # Accepted for compatibility and ignored: a batch goes when the worker is free.
-        self.max_wait_s = max_wait_s
         self._cost = cost
         self.max_batch_cost = max_batch_cost
         # One queue per request (submit_many call), served round-robin; requests not served yet

@@ -153,9 +153,10 @@ class TransformersGenBackend(GenBackend):
         # Template prefixes (longest first) and their caches, computed in the worker thread.
         self._prefixes = _template_prefixes(self.encoder) if _prefix_cacheable(self.model) else []
         self._prefix_kv: dict[tuple[int, ...], list[tuple[Any, Any]]] = {}
-        # batch_wait_s is accepted for compatibility and has no effect: see qwen3guard.batching.
+        # batch_wait_s is accepted for compatibility and has no effect: there is no batch timer
+        # (qwen3guard.batching: a batch goes when the worker is free).
         self._batcher: MicroBatcher[list[int], str] = MicroBatcher(
-            self._generate_batch, max_batch=max_batch_size, max_wait_s=batch_wait_s,
+            self._generate_batch, max_batch=max_batch_size,
             name="qwen3guard-gen", cost=self._cost, max_batch_cost=max_batch_tokens,
         )
 
