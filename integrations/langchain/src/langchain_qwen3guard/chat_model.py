@@ -252,8 +252,9 @@ class Qwen3GuardChatModel(BaseChatModel):
     ) -> Runnable[Any, Any]:
         """The wrapped model's ``bind_tools``, still guarded: like every chat model's, a
         ``RunnableBinding`` of this model carrying the tools as the wrapped model formats
-        them (``kwargs["tools"]``, which LangGraph's ``create_react_agent`` reads); they are
-        passed on to the wrapped model at each call."""
+        them (``kwargs["tools"]``, which LangGraph's ``create_react_agent`` reads:
+        ``_should_bind_tools`` in langgraph/prebuilt/chat_agent_executor.py, langgraph-prebuilt
+        1.1.3); they are passed on to the wrapped model at each call."""
         if tool_choice is not None:
             kwargs["tool_choice"] = tool_choice
         base: Any = self.llm
